@@ -1,0 +1,3 @@
+"""lmlab: a lab for small transformer language models."""
+
+__version__ = "0.1.0"
