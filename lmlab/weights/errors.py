@@ -1,0 +1,7 @@
+"""The one error type every weight reader raises: it names the file, what was wrong, and the fix."""
+
+from __future__ import annotations
+
+
+class WeightsError(ValueError):
+    """A weights file or folder lmlab cannot read; the message says which file, what and what to do."""

@@ -1,0 +1,275 @@
+"""`lmlab.load(source)`: one entry point for presets, HF folders, GGUF files, lmlab checkpoints,
+the packaged real models, and hub repository ids.
+
+Resolution order: an existing path; a packaged real model name (`smollm2-135m-instruct`,
+`gemma3-270m`, `minilm-l6`); a preset name (random init); a hub id (`owner/name`, or
+`hf:name` for ids without an owner such as `hf:gpt2`).
+"""
+
+from __future__ import annotations
+
+import difflib
+import warnings
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from lmlab.config import PRESETS, Config, ConfigError, preset
+from lmlab.model import Transformer, _rope_key, rope_inv_freq
+from lmlab.weights import hub
+from lmlab.weights.errors import WeightsError
+from lmlab.weights.packaged import PACKAGED, packaged_path
+
+if TYPE_CHECKING:
+    from lmlab.tokenizers.base import Tokenizer
+
+Tensors = dict[str, torch.Tensor]
+DTypeLike = torch.dtype | str | None
+
+
+def load(
+    source: str | Path, *, dtype: DTypeLike = None, device: str | torch.device | None = None
+) -> tuple[Transformer, Tokenizer | None]:
+    """Model and tokenizer from a preset, folder, `.gguf`, checkpoint, packaged model or hub id.
+
+    `dtype=None` keeps what the file stores (GGUF blocks dequantize to float32; presets are
+    float32). The model is returned in eval mode; the tokenizer is None when there is none.
+    """
+    dtype = _dtype(dtype)
+    path = Path(source).expanduser()
+    if path.exists():
+        return load_path(path, dtype=dtype, device=device)
+    name = str(source)
+    if name in PACKAGED:
+        return _load_packaged(name, dtype, device)
+    if name in PRESETS:
+        return _load_preset(name, dtype, device)
+    if name.startswith("hf:") or hub.looks_like_repo_id(name):
+        repo = name.removeprefix("hf:")
+        return load_path(hub.download(repo), dtype=dtype, device=device, name=repo)
+    raise WeightsError(_unknown_source(name))
+
+
+def _unknown_source(name: str) -> str:
+    if name.endswith((".gguf", ".safetensors")) or "/" in name or "\\" in name:
+        return f"{name}: no such file or folder; check the path"
+    known = sorted({*PRESETS, *PACKAGED})
+    near = difflib.get_close_matches(name, known, n=3, cutoff=0.5)
+    hint = f" Did you mean {', '.join(repr(n) for n in near)}?" if near else ""
+    return (
+        f"unknown model {name!r}: not a file or folder, preset, packaged model or hub id.{hint} "
+        f"Presets and packaged models: {', '.join(known)}. Hub ids look like 'owner/name' "
+        "(or 'hf:gpt2')"
+    )
+
+
+def _dtype(dtype: DTypeLike) -> torch.dtype | None:
+    if dtype is None or isinstance(dtype, torch.dtype):
+        return dtype
+    d = getattr(torch, str(dtype).removeprefix("torch."), None)
+    if not isinstance(d, torch.dtype) or not d.is_floating_point:
+        raise WeightsError(f"dtype {dtype!r} is not a torch floating dtype; use float32, bfloat16 or float16")
+    return d
+
+
+# ------------------------------------------------------------------------------ sources
+
+
+def load_path(
+    path: str | Path,
+    *,
+    dtype: torch.dtype | None = None,
+    device: str | torch.device | None = None,
+    name: str | None = None,
+) -> tuple[Transformer, Tokenizer | None]:
+    """Load from a local `.gguf` file, HF folder or lmlab checkpoint folder."""
+    from lmlab.weights.checkpoint import is_checkpoint
+
+    path = Path(path)
+    if path.is_file():
+        if path.suffix == ".gguf" or _has_gguf_magic(path):
+            return _load_gguf(path, dtype, device, name)
+        if path.suffix == ".safetensors" and (path.parent / "config.json").is_file():
+            return load_path(path.parent, dtype=dtype, device=device, name=name)
+        raise WeightsError(
+            f"{path}: lmlab reads .gguf files and folders (HF: config.json + *.safetensors, or an "
+            "lmlab checkpoint); pass the folder or a .gguf file"
+        )
+    if is_checkpoint(path):
+        return _load_checkpoint(path, dtype, device)
+    if (path / "config.json").is_file():
+        return _load_hf_folder(path, dtype, device, name)
+    ggufs = sorted(path.glob("*.gguf"))
+    if len(ggufs) == 1:
+        return _load_gguf(ggufs[0], dtype, device, name)
+    if ggufs:
+        raise WeightsError(f"{path}: holds {len(ggufs)} .gguf files; pass one of them: {[g.name for g in ggufs]}")
+    raise WeightsError(
+        f"{path}: no weights found (no config.json + *.safetensors, no .gguf, not an lmlab "
+        "checkpoint); point at a model folder, a .gguf file, a preset name or a hub id"
+    )
+
+
+def _has_gguf_magic(path: Path) -> bool:
+    with open(path, "rb") as f:
+        return f.read(4) == b"GGUF"
+
+
+def _load_gguf(
+    path: Path, dtype: torch.dtype | None, device: Any, name: str | None
+) -> tuple[Transformer, Tokenizer | None]:
+    from lmlab.weights.gguf import gguf_to_hf
+    from lmlab.weights.hf import config_from_hf, hf_to_lmlab
+
+    hf_cfg, hf_sd, meta = gguf_to_hf(path)
+    cfg = _config(config_from_hf, hf_cfg, name or meta.get("general.name") or path.stem, path)
+    cfg.extra["source"] = str(path)
+    sd = _convert(hf_to_lmlab, hf_sd, cfg, path)
+    tok = _gguf_tokenizer(meta, path)
+    return _finish(cfg, sd, tok, dtype or torch.float32, device, path)
+
+
+def _load_hf_folder(
+    folder: Path, dtype: torch.dtype | None, device: Any, name: str | None
+) -> tuple[Transformer, Tokenizer | None]:
+    from lmlab.weights.hf import config_from_hf, hf_to_lmlab
+    from lmlab.weights.hf_folder import read_hf_folder
+
+    hf_cfg, hf_sd = read_hf_folder(folder)
+    cfg = _config(config_from_hf, hf_cfg, name or hf_cfg.get("_name_or_path") or folder.name, folder)
+    cfg.extra["source"] = str(folder)
+    sd = _convert(hf_to_lmlab, hf_sd, cfg, folder)
+    return _finish(cfg, sd, _folder_tokenizer(folder), dtype, device, folder)
+
+
+def _load_checkpoint(
+    folder: Path, dtype: torch.dtype | None, device: Any
+) -> tuple[Transformer, Tokenizer | None]:
+    from lmlab.weights.checkpoint import read_checkpoint
+
+    cfg, sd = read_checkpoint(folder)
+    return _finish(cfg, sd, _folder_tokenizer(folder), dtype, device, folder)
+
+
+def _load_preset(name: str, dtype: torch.dtype | None, device: Any) -> tuple[Transformer, Tokenizer | None]:
+    cfg = preset(name)
+    model = Transformer(cfg).to(device=device, dtype=dtype or torch.float32).eval()
+    tok = None
+    if cfg.family == "gpt2" and cfg.vocab_size == 50257:
+        from lmlab.tokenizers.tiktoken_gpt2 import default_ranks_path, gpt2_tiktoken
+
+        if default_ranks_path().is_file():
+            tok = gpt2_tiktoken()
+    return model, tok
+
+
+def _load_packaged(name: str, dtype: torch.dtype | None, device: Any) -> tuple[Transformer, Tokenizer | None]:
+    pm = PACKAGED[name]
+    path = packaged_path(name)
+    if path is not None:
+        return load_path(path, dtype=dtype, device=device, name=name)
+    return load_path(hub.download(pm.hub_repo, install_hint=pm.install), dtype=dtype, device=device, name=name)
+
+
+# ------------------------------------------------------------------------------ building
+
+
+def _config(fn: Any, hf_cfg: dict[str, Any], name: str, where: Path) -> Config:
+    try:
+        return fn(hf_cfg, name=str(name))
+    except (ConfigError, KeyError, TypeError) as e:
+        raise WeightsError(f"{where}: cannot build a Config from its config ({e})") from None
+
+
+def _convert(fn: Any, hf_sd: Tensors, cfg: Config, where: Path) -> Tensors:
+    try:
+        return fn(hf_sd, cfg)
+    except KeyError as e:
+        raise WeightsError(f"{where}: {e.args[0] if e.args else e}") from None
+
+
+def build_model(
+    cfg: Config, sd: Tensors, *, dtype: torch.dtype | None = None, device: Any = None, where: Any = "weights"
+) -> Transformer:
+    """A `Transformer` holding exactly the tensors of lmlab state dict `sd` (no random init pass)."""
+    with torch.device("meta"):
+        model = Transformer(cfg)
+    expected = {k: v for k, v in model.state_dict().items() if not (cfg.tie_embeddings and k == "unembed.weight")}
+    missing = sorted(set(expected) - set(sd))
+    extra = sorted(set(sd) - set(expected))
+    if missing or extra:
+        raise WeightsError(
+            f"{where}: the weights do not fit a {cfg.family} model of this config: missing {missing[:5]}"
+            f"{'...' if len(missing) > 5 else ''}, unexpected {extra[:5]}{'...' if len(extra) > 5 else ''}"
+        )
+    for k, v in sd.items():
+        if tuple(v.shape) != tuple(expected[k].shape):
+            raise WeightsError(
+                f"{where}: {k} has shape {tuple(v.shape)} but the config needs {tuple(expected[k].shape)}; "
+                "config and weights do not belong together"
+            )
+    if dtype is not None:
+        sd = {k: v.to(dtype) if v.is_floating_point() else v for k, v in sd.items()}
+    model.load_state_dict(sd, strict=False, assign=True)
+    if model.unembed is not None and cfg.tie_embeddings:
+        model.unembed.weight = model.embed.weight
+    if cfg.positions == "rope":
+        for base in sorted({cfg.rope_base(i) for i in range(cfg.n_layers)}):
+            inv, _ = rope_inv_freq(cfg, base)
+            model.register_buffer(_rope_key(base), inv, persistent=False)
+    leftover = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
+    if leftover:
+        raise WeightsError(f"{where}: internal error, tensors left unset: {leftover[:5]}")
+    return model.to(device=device).eval() if device is not None else model.eval()
+
+
+def _finish(
+    cfg: Config, sd: Tensors, tok: Tokenizer | None, dtype: torch.dtype | None, device: Any, where: Path
+) -> tuple[Transformer, Tokenizer | None]:
+    model = build_model(cfg, sd, dtype=dtype, device=device, where=where)
+    check_vocab(model.cfg, tok, where)
+    return model, tok
+
+
+def check_vocab(cfg: Config, tok: Tokenizer | None, where: Any = "model") -> None:
+    """Raise when the tokenizer can produce ids the model has no embedding row for."""
+    if tok is None:
+        return
+    n = tok.vocab_size
+    if n > cfg.vocab_size:
+        raise WeightsError(
+            f"{where}: the tokenizer has {n} token ids but the model embeds only {cfg.vocab_size}; "
+            "they do not belong together: use the tokenizer shipped with these weights"
+        )
+
+
+# ------------------------------------------------------------------------------ tokenizers
+
+
+def _folder_tokenizer(folder: Path) -> Tokenizer | None:
+    """The tokenizer saved in `folder`, or None when there is none (or tokenizers are unavailable)."""
+    try:
+        from lmlab.tokenizers import load_tokenizer
+    except ImportError:
+        return None
+    from lmlab.tokenizers.base import MANIFEST
+
+    if not any((folder / f).is_file() for f in (MANIFEST, "tokenizer.json")):
+        return None
+    return load_tokenizer(folder)
+
+
+def _gguf_tokenizer(meta: dict[str, Any], where: Path) -> Tokenizer | None:
+    """The tokenizer rebuilt from GGUF metadata, or None when the file has no vocabulary."""
+    if "tokenizer.ggml.tokens" not in meta:
+        return None
+    try:
+        from lmlab.tokenizers import from_gguf_metadata
+    except ImportError:
+        return None
+    try:
+        return from_gguf_metadata(meta)
+    except NotImplementedError as e:
+        warnings.warn(f"{where}: tokenizer not rebuilt ({e}); returning None", stacklevel=3)
+        return None
