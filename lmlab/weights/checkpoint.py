@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -47,6 +49,42 @@ def _tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().to("cpu").contiguous() for k, v in sd.items()}
 
 
+@contextmanager
+def replace_folder(folder: str | Path) -> Iterator[Path]:
+    """Yield a temporary sibling folder to fill; on success it atomically takes `folder`'s place.
+
+    Refuses to replace a non-empty folder that is neither an lmlab checkpoint nor an HF export.
+    """
+    folder = Path(folder)
+    if folder.exists() and not (folder.is_dir() and _replaceable(folder)):
+        raise WeightsError(
+            f"{folder} exists and is not a model folder lmlab wrote; refusing to overwrite it: "
+            "choose a new folder or delete it"
+        )
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = folder.with_name(f".{folder.name}.tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        yield tmp
+        for f in tmp.iterdir():  # data on disk before the rename makes it visible
+            if f.is_file():
+                with open(f, "rb") as fh:
+                    os.fsync(fh.fileno())
+        old = folder.with_name(f".{folder.name}.old{os.getpid()}")
+        if folder.exists():
+            folder.rename(old)
+        tmp.rename(folder)
+        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _replaceable(folder: Path) -> bool:
+    names = {p.name for p in folder.iterdir()}
+    return not names or is_checkpoint(folder) or {"config.json", "model.safetensors"} <= names
+
+
 def save_checkpoint(
     model: Transformer,
     folder: str | Path,
@@ -55,33 +93,15 @@ def save_checkpoint(
     metadata: dict[str, Any] | None = None,
 ) -> Path:
     """Write `model` (and `tokenizer`) to `folder` atomically; an existing checkpoint is replaced."""
-    folder = Path(folder)
-    if folder.exists() and not (folder.is_dir() and (is_checkpoint(folder) or not any(folder.iterdir()))):
-        raise WeightsError(
-            f"{folder} exists and is not an lmlab checkpoint; refusing to overwrite it: choose a new folder"
-        )
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = folder.with_name(f".{folder.name}.tmp{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
+    with replace_folder(folder) as tmp:
         meta = {FORMAT_KEY: FORMAT_VERSION, **model.cfg.to_dict()}
         (tmp / "config.json").write_text(json.dumps(meta, indent=2) + "\n")
-        info = {"format": "lmlab", **{k: str(v) for k, v in (metadata or {}).items()}}
+        info = {"format": "pt", "lmlab": str(FORMAT_VERSION)}
+        info.update({k: str(v) for k, v in (metadata or {}).items()})
         save_file(_tensors(model), tmp / WEIGHTS, metadata=info)
         if tokenizer is not None:
             tokenizer.save(tmp)
-        with open(tmp / WEIGHTS, "rb") as f:
-            os.fsync(f.fileno())
-        old = folder.with_name(f".{folder.name}.old{os.getpid()}")
-        if folder.exists():
-            folder.rename(old)
-        tmp.rename(folder)
-        shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return folder
+    return Path(folder)
 
 
 def read_checkpoint(folder: str | Path) -> tuple[Config, dict[str, torch.Tensor]]:
@@ -100,5 +120,7 @@ def read_checkpoint(folder: str | Path) -> tuple[Config, dict[str, torch.Tensor]
         raise WeightsError(f"{folder}/config.json: {e}") from None
     weights = folder / WEIGHTS
     if not weights.is_file():
-        raise WeightsError(f"{folder}: no {WEIGHTS} beside config.json; the checkpoint is incomplete")
+        raise WeightsError(
+            f"{folder}: no {WEIGHTS} beside config.json; the checkpoint is incomplete"
+        )
     return cfg, read_safetensors(weights)

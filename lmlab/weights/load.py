@@ -9,14 +9,13 @@ Resolution order: an existing path; a packaged real model name (`smollm2-135m-in
 from __future__ import annotations
 
 import difflib
-import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 
 from lmlab.config import PRESETS, Config, ConfigError, preset
-from lmlab.model import Transformer, _rope_key, rope_inv_freq
+from lmlab.model import Transformer
 from lmlab.weights import hub
 from lmlab.weights.errors import WeightsError
 from lmlab.weights.packaged import PACKAGED, packaged_path
@@ -69,7 +68,9 @@ def _dtype(dtype: DTypeLike) -> torch.dtype | None:
         return dtype
     d = getattr(torch, str(dtype).removeprefix("torch."), None)
     if not isinstance(d, torch.dtype) or not d.is_floating_point:
-        raise WeightsError(f"dtype {dtype!r} is not a torch floating dtype; use float32, bfloat16 or float16")
+        raise WeightsError(
+            f"dtype {dtype!r} is not a torch floating dtype; use float32, bfloat16 or float16"
+        )
     return d
 
 
@@ -104,7 +105,9 @@ def load_path(
     if len(ggufs) == 1:
         return _load_gguf(ggufs[0], dtype, device, name)
     if ggufs:
-        raise WeightsError(f"{path}: holds {len(ggufs)} .gguf files; pass one of them: {[g.name for g in ggufs]}")
+        raise WeightsError(
+            f"{path}: holds {len(ggufs)} .gguf files; pass one of them: {[g.name for g in ggufs]}"
+        )
     raise WeightsError(
         f"{path}: no weights found (no config.json + *.safetensors, no .gguf, not an lmlab "
         "checkpoint); point at a model folder, a .gguf file, a preset name or a hub id"
@@ -137,7 +140,9 @@ def _load_hf_folder(
     from lmlab.weights.hf_folder import read_hf_folder
 
     hf_cfg, hf_sd = read_hf_folder(folder)
-    cfg = _config(config_from_hf, hf_cfg, name or hf_cfg.get("_name_or_path") or folder.name, folder)
+    cfg = _config(
+        config_from_hf, hf_cfg, name or hf_cfg.get("_name_or_path") or folder.name, folder
+    )
     cfg.extra["source"] = str(folder)
     sd = _convert(hf_to_lmlab, hf_sd, cfg, folder)
     return _finish(cfg, sd, _folder_tokenizer(folder), dtype, device, folder)
@@ -152,7 +157,9 @@ def _load_checkpoint(
     return _finish(cfg, sd, _folder_tokenizer(folder), dtype, device, folder)
 
 
-def _load_preset(name: str, dtype: torch.dtype | None, device: Any) -> tuple[Transformer, Tokenizer | None]:
+def _load_preset(
+    name: str, dtype: torch.dtype | None, device: Any
+) -> tuple[Transformer, Tokenizer | None]:
     cfg = preset(name)
     model = Transformer(cfg).to(device=device, dtype=dtype or torch.float32).eval()
     tok = None
@@ -164,12 +171,16 @@ def _load_preset(name: str, dtype: torch.dtype | None, device: Any) -> tuple[Tra
     return model, tok
 
 
-def _load_packaged(name: str, dtype: torch.dtype | None, device: Any) -> tuple[Transformer, Tokenizer | None]:
+def _load_packaged(
+    name: str, dtype: torch.dtype | None, device: Any
+) -> tuple[Transformer, Tokenizer | None]:
     pm = PACKAGED[name]
     path = packaged_path(name)
     if path is not None:
         return load_path(path, dtype=dtype, device=device, name=name)
-    return load_path(hub.download(pm.hub_repo, install_hint=pm.install), dtype=dtype, device=device, name=name)
+    return load_path(
+        hub.download(pm.hub_repo, install_hint=pm.install), dtype=dtype, device=device, name=name
+    )
 
 
 # ------------------------------------------------------------------------------ building
@@ -189,13 +200,48 @@ def _convert(fn: Any, hf_sd: Tensors, cfg: Config, where: Path) -> Tensors:
         raise WeightsError(f"{where}: {e.args[0] if e.args else e}") from None
 
 
+_INITS = (
+    "normal_",
+    "zeros_",
+    "ones_",
+    "uniform_",
+    "kaiming_uniform_",
+    "trunc_normal_",
+    "constant_",
+)
+
+
+def _skeleton(cfg: Config) -> Transformer:
+    """A `Transformer` with uninitialized parameters (random init is skipped: it is overwritten).
+
+    Untouched `torch.empty` memory costs nothing; the meta device would be lighter still, but its
+    first use imports torch's compiler stack (seconds).
+    """
+    saved = {n: getattr(torch.nn.init, n) for n in _INITS}
+    try:
+        for n in _INITS:
+            setattr(torch.nn.init, n, lambda t, *a, **k: t)
+        return Transformer(cfg)
+    finally:
+        for n, fn in saved.items():
+            setattr(torch.nn.init, n, fn)
+
+
 def build_model(
-    cfg: Config, sd: Tensors, *, dtype: torch.dtype | None = None, device: Any = None, where: Any = "weights"
+    cfg: Config,
+    sd: Tensors,
+    *,
+    dtype: torch.dtype | None = None,
+    device: Any = None,
+    where: Any = "weights",
 ) -> Transformer:
     """A `Transformer` holding exactly the tensors of lmlab state dict `sd` (no random init pass)."""
-    with torch.device("meta"):
-        model = Transformer(cfg)
-    expected = {k: v for k, v in model.state_dict().items() if not (cfg.tie_embeddings and k == "unembed.weight")}
+    model = _skeleton(cfg)
+    expected = {
+        k: v
+        for k, v in model.state_dict().items()
+        if not (cfg.tie_embeddings and k == "unembed.weight")
+    }
     missing = sorted(set(expected) - set(sd))
     extra = sorted(set(sd) - set(expected))
     if missing or extra:
@@ -209,50 +255,38 @@ def build_model(
                 f"{where}: {k} has shape {tuple(v.shape)} but the config needs {tuple(expected[k].shape)}; "
                 "config and weights do not belong together"
             )
+    floats = {v.dtype for v in sd.values() if v.is_floating_point()}
+    if dtype is None and len(floats) > 1:  # one dtype for the whole model: the embedding's
+        dtype = sd["embed.weight"].dtype
     if dtype is not None:
         sd = {k: v.to(dtype) if v.is_floating_point() else v for k, v in sd.items()}
     model.load_state_dict(sd, strict=False, assign=True)
     if model.unembed is not None and cfg.tie_embeddings:
         model.unembed.weight = model.embed.weight
-    if cfg.positions == "rope":
-        for base in sorted({cfg.rope_base(i) for i in range(cfg.n_layers)}):
-            inv, _ = rope_inv_freq(cfg, base)
-            model.register_buffer(_rope_key(base), inv, persistent=False)
-    leftover = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
-    if leftover:
-        raise WeightsError(f"{where}: internal error, tensors left unset: {leftover[:5]}")
     return model.to(device=device).eval() if device is not None else model.eval()
 
 
 def _finish(
-    cfg: Config, sd: Tensors, tok: Tokenizer | None, dtype: torch.dtype | None, device: Any, where: Path
+    cfg: Config,
+    sd: Tensors,
+    tok: Tokenizer | None,
+    dtype: torch.dtype | None,
+    device: Any,
+    where: Path,
 ) -> tuple[Transformer, Tokenizer | None]:
-    model = build_model(cfg, sd, dtype=dtype, device=device, where=where)
-    check_vocab(model.cfg, tok, where)
-    return model, tok
+    if tok is not None:
+        from lmlab.tokenizers import check_vocab
 
-
-def check_vocab(cfg: Config, tok: Tokenizer | None, where: Any = "model") -> None:
-    """Raise when the tokenizer can produce ids the model has no embedding row for."""
-    if tok is None:
-        return
-    n = tok.vocab_size
-    if n > cfg.vocab_size:
-        raise WeightsError(
-            f"{where}: the tokenizer has {n} token ids but the model embeds only {cfg.vocab_size}; "
-            "they do not belong together: use the tokenizer shipped with these weights"
-        )
+        check_vocab(tok, cfg)
+    return build_model(cfg, sd, dtype=dtype, device=device, where=where), tok
 
 
 # ------------------------------------------------------------------------------ tokenizers
 
 
 def _folder_tokenizer(folder: Path) -> Tokenizer | None:
-    """The tokenizer saved in `folder`, or None when there is none (or tokenizers are unavailable)."""
-    try:
-        from lmlab.tokenizers import load_tokenizer
-    except ImportError:
-        return None
+    """The tokenizer saved in `folder`, or None when there is none."""
+    from lmlab.tokenizers import load_tokenizer
     from lmlab.tokenizers.base import MANIFEST
 
     if not any((folder / f).is_file() for f in (MANIFEST, "tokenizer.json")):
@@ -264,12 +298,6 @@ def _gguf_tokenizer(meta: dict[str, Any], where: Path) -> Tokenizer | None:
     """The tokenizer rebuilt from GGUF metadata, or None when the file has no vocabulary."""
     if "tokenizer.ggml.tokens" not in meta:
         return None
-    try:
-        from lmlab.tokenizers import from_gguf_metadata
-    except ImportError:
-        return None
-    try:
-        return from_gguf_metadata(meta)
-    except NotImplementedError as e:
-        warnings.warn(f"{where}: tokenizer not rebuilt ({e}); returning None", stacklevel=3)
-        return None
+    from lmlab.tokenizers import from_gguf_metadata
+
+    return from_gguf_metadata(meta)
