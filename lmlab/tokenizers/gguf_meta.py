@@ -85,30 +85,30 @@ def gguf_metadata(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise TokenizerError(f"GGUF file {path} not found; check the path")
-    with open(path, "rb") as f:
-        if path.stat().st_size == 0:
-            raise TokenizerError(f"{path} is empty; the download failed: download it again")
-        buf = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+    if path.stat().st_size == 0:
+        raise TokenizerError(f"{path} is empty; the download failed: download it again")
+    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
+        view = memoryview(buf)
         try:
-            cur = _Cursor(memoryview(buf), path)
-            start = cur.take(4)
-            if bytes(buf[start : start + 4]) != b"GGUF":
-                raise TokenizerError(
-                    f"{path} is not a GGUF file (no 'GGUF' magic); pass a .gguf file from llama.cpp"
-                )
-            version = cur.u32()
-            if version not in (2, 3):
-                raise TokenizerError(
-                    f"{path}: GGUF version {version} is not supported (2 or 3 are)"
-                )
-            cur.u64()  # tensor count
-            n_kv = cur.u64()
-            meta: dict[str, Any] = {}
-            for _ in range(n_kv):
-                key = cur.string()
-                meta[key] = cur.value(cur.u32())
-            meta["GGUF.version"] = version
-            del cur
-            return meta
+            return _parse(_Cursor(view, path), path)
         finally:
-            buf.close()
+            view.release()  # the mmap cannot close while a view of it is alive
+
+
+def _parse(cur: _Cursor, path: Path) -> dict[str, Any]:
+    start = cur.take(4)
+    if bytes(cur.buf[start : start + 4]) != b"GGUF":
+        raise TokenizerError(
+            f"{path} is not a GGUF file (no 'GGUF' magic); pass a .gguf file from llama.cpp"
+        )
+    version = cur.u32()
+    if version not in (2, 3):
+        raise TokenizerError(f"{path}: GGUF version {version} is not supported (2 or 3 are)")
+    cur.u64()  # tensor count
+    n_kv = cur.u64()
+    meta: dict[str, Any] = {}
+    for _ in range(n_kv):
+        key = cur.string()
+        meta[key] = cur.value(cur.u32())
+    meta["GGUF.version"] = version
+    return meta
