@@ -1,0 +1,108 @@
+"""`TrainConfig`: every knob of a training run, loadable from TOML with `--key=value` overrides."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from lmlab.config import Config, ConfigError, check_keys, preset
+
+SCHEDULES = ("cosine", "wsd", "constant")
+DTYPES = ("float32", "bfloat16")
+PARALLEL = ("ddp", "fsdp")
+
+
+@dataclass
+class TrainConfig:
+    """One training run. `model` is a preset name; `model_overrides` changes its fields."""
+
+    # model
+    model: str = "gpt2-tiny"
+    model_overrides: dict[str, Any] = field(default_factory=dict)
+    # data: a prepared token folder, "shakespeare-char", or "task:<addition|induction|trigram|maxsort>"
+    data: str = "shakespeare-char"
+    data_options: dict[str, Any] = field(default_factory=dict)
+    block_size: int = 128
+    batch_size: int = 32  # global sequences per micro-step (split across ranks)
+    grad_accum: int = 1
+    # optimization
+    max_steps: int = 1000
+    optimizer: str = "adamw"  # see lmlab.train.optimizers.names()
+    lr: float = 1e-3
+    min_lr: float = 1e-4
+    warmup_steps: int = 100
+    schedule: str = "cosine"
+    decay_fraction: float = 0.2  # wsd: share of steps spent decaying at the end
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    grad_clip: float = 1.0  # 0 disables clipping
+    # numerics and speed
+    dtype: str = "float32"  # "bfloat16" runs forward/backward under autocast
+    compile: bool = False
+    device: str = "auto"  # auto: cuda if available, else cpu
+    parallel: str = "ddp"  # with torchrun: "ddp" or "fsdp" (FSDP2 fully_shard)
+    # eval, logging, checkpoints
+    eval_interval: int = 100
+    eval_iters: int = 20
+    log_interval: int = 10
+    checkpoint_interval: int = 0  # 0: only at the end
+    out_dir: str = "runs/train"
+    resume: bool = False
+    tensorboard: bool = True
+    progress: bool = True
+    seed: int = 1337
+    peak_flops: float = 0.0  # for MFU; 0: guess from the device
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise `ConfigError` naming the field, value and fix for the first bad value."""
+        for name in (
+            "block_size",
+            "batch_size",
+            "grad_accum",
+            "max_steps",
+            "eval_iters",
+            "log_interval",
+        ):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"TrainConfig.{name}={getattr(self, name)!r} must be >= 1")
+        for name, options in (("schedule", SCHEDULES), ("dtype", DTYPES), ("parallel", PARALLEL)):
+            if getattr(self, name) not in options:
+                raise ConfigError(
+                    f"TrainConfig.{name}={getattr(self, name)!r} is not one of {list(options)}"
+                )
+        if self.lr <= 0 or self.min_lr < 0 or self.min_lr > self.lr:
+            raise ConfigError(
+                f"TrainConfig lr={self.lr}, min_lr={self.min_lr}: need 0 <= min_lr <= lr and lr > 0"
+            )
+        if not 0 < self.decay_fraction <= 1:
+            raise ConfigError(f"TrainConfig.decay_fraction={self.decay_fraction} must be in (0, 1]")
+        if self.warmup_steps < 0 or self.eval_interval < 0 or self.checkpoint_interval < 0:
+            raise ConfigError(
+                "TrainConfig warmup_steps, eval_interval and checkpoint_interval must be >= 0"
+            )
+        if not isinstance(self.model_overrides, dict):
+            raise ConfigError(
+                f"TrainConfig.model_overrides={self.model_overrides!r} must be a table of Config "
+                "fields, e.g. [model_overrides] d_model = 128 (or --model.d_model=128)"
+            )
+        check_keys(self.model_overrides, Config)
+
+    def model_config(self, vocab_size: int | None = None, block_size: int | None = None) -> Config:
+        """The model `Config`: the preset, the overrides, then the data's vocab size and block size."""
+        over = dict(self.model_overrides)
+        if vocab_size is not None:
+            if over.get("vocab_size", vocab_size) < vocab_size:
+                raise ConfigError(
+                    f"model vocab_size={over['vocab_size']} is smaller than the data's vocabulary "
+                    f"({vocab_size} ids); remove the override or raise it to >= {vocab_size}"
+                )
+            over.setdefault("vocab_size", vocab_size)
+        over.setdefault("max_seq_len", block_size or self.block_size)
+        return preset(self.model, **over)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
