@@ -90,3 +90,38 @@ def test_wrong_byte_count_and_ragged_rows() -> None:
         dequantize(np.zeros(17, np.uint8), T.Q4_0, (32,))
     with pytest.raises(WeightsError, match=r"multiple of 256 elements, got shape \(2, 100\)"):
         quant_nbytes(T.Q4_K, (2, 100))
+
+
+# ------------------------------------------------------------------------ GPT-OSS MXFP4
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=str)
+@pytest.mark.parametrize("scales", ["typical", "all_bytes"])
+def test_mxfp4_matches_transformers(dtype: torch.dtype, scales: str) -> None:
+    mx = pytest.importorskip("transformers.integrations.mxfp4")
+    from lmlab.weights.mxfp4 import dequantize_expert
+
+    g = torch.Generator().manual_seed(0)
+    blocks = torch.randint(0, 256, (3, 40, 6, 16), dtype=torch.uint8, generator=g)
+    if scales == "typical":  # weights of magnitude 2^-8 .. 2^4
+        s = torch.randint(119, 131, (3, 40, 6), dtype=torch.uint8, generator=g)
+    else:  # every E8M0 byte, 0 (2^-127, subnormal) to 255 (2^128 = inf)
+        s = torch.arange(720).remainder(256).to(torch.uint8).view(3, 40, 6)
+    ours = dequantize_expert(blocks, s, dtype)
+    ref = mx.convert_moe_packed_tensors(blocks.clone(), s.clone(), dtype=dtype)
+    assert ours.shape == ref.shape == (3, 6 * 32, 40) and ours.dtype == ref.dtype == dtype
+    torch.testing.assert_close(ours, ref, rtol=0, atol=0, equal_nan=True)
+
+
+def test_mxfp4_bad_shapes() -> None:
+    from lmlab.weights.mxfp4 import dequantize_gpt_oss_state_dict
+
+    blocks = torch.zeros(2, 4, 3, 16, dtype=torch.uint8)
+    with pytest.raises(
+        WeightsError, match=r"x_blocks: MXFP4 blocks \(2, 4, 3, 16\) and scales \(2, 4, 2\)"
+    ):
+        dequantize_gpt_oss_state_dict(
+            {"x_blocks": blocks, "x_scales": torch.zeros(2, 4, 2, dtype=torch.uint8)}
+        )
+    with pytest.raises(WeightsError, match=r"x_blocks has no matching x_scales"):
+        dequantize_gpt_oss_state_dict({"x_blocks": blocks})

@@ -21,9 +21,6 @@ _CODES = torch.tensor(FP4_E2M1, dtype=torch.float32)
 _BYTE_PAIRS = torch.stack(
     (_CODES[torch.arange(256) & 0x0F], _CODES[torch.arange(256) >> 4]), dim=-1
 )
-# E8M0 byte -> 2 ** (byte - 127) in float32 (torch.pow, the same op transformers' ldexp uses;
-# 2 ** 128 overflows to inf just as it does there)
-_POW2 = torch.pow(2.0, torch.arange(256, dtype=torch.int32) - 127).float()
 _ROWS_PER_CHUNK = 1 << 18  # groups decoded at a time, to bound float32 temporaries
 
 
@@ -49,9 +46,9 @@ def dequantize_mxfp4(
     for r in range(0, rows, _ROWS_PER_CHUNK):
         b = flat_blocks[r : r + _ROWS_PER_CHUNK]
         values = _BYTE_PAIRS[b.long()].view(-1, 32)  # element 2j = low nibble of byte j
-        out[r : r + _ROWS_PER_CHUNK] = values.mul_(
-            _POW2[flat_scales[r : r + _ROWS_PER_CHUNK].long()].view(-1, 1)
-        )
+        # E8M0: value * 2 ** (byte - 127), exactly (ldexp: 0.5 * 2^128 stays finite, as in transformers)
+        exp = flat_scales[r : r + _ROWS_PER_CHUNK].to(torch.int32).sub_(127).view(-1, 1)
+        out[r : r + _ROWS_PER_CHUNK] = torch.ldexp(values, exp)
     return out.view(*prefix, groups * 32)
 
 
