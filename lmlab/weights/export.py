@@ -31,10 +31,10 @@ _GPT2_ACT = {"gelu_tanh": "gelu_new", "gelu": "gelu", "relu": "relu", "quick_gel
 
 def hf_config(cfg: Config) -> dict[str, Any]:
     """The transformers `config.json` dict for `cfg` (GPT-2 or Llama family)."""
-    ids = {
+    ids = {  # ids outside the vocabulary (e.g. gpt2-tiny's inherited 50256) are left out
         k: getattr(cfg, k)
         for k in ("bos_token_id", "eos_token_id", "pad_token_id")
-        if getattr(cfg, k) is not None
+        if getattr(cfg, k) is not None and 0 <= getattr(cfg, k) < cfg.vocab_size
     }
     if cfg.family == "gpt2":
         return {

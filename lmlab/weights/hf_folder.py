@@ -26,7 +26,9 @@ def read_json(path: Path) -> dict[str, Any]:
     try:
         data = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise WeightsError(f"{path}: cannot read JSON ({e}); the file is corrupt: restore it") from None
+        raise WeightsError(
+            f"{path}: cannot read JSON ({e}); the file is corrupt: restore it"
+        ) from None
     if not isinstance(data, dict):
         raise WeightsError(f"{path}: expected a JSON object, got {type(data).__name__}")
     return data
@@ -79,7 +81,9 @@ def read_hf_folder(folder: str | Path) -> tuple[dict[str, Any], dict[str, torch.
     folder = Path(folder)
     cfg_path = folder / "config.json"
     if not cfg_path.is_file():
-        raise WeightsError(f"{folder}: no config.json; an HF model folder needs config.json + *.safetensors")
+        raise WeightsError(
+            f"{folder}: no config.json; an HF model folder needs config.json + *.safetensors"
+        )
     hf_cfg = read_json(cfg_path)
     sd: dict[str, torch.Tensor] = {}
     for f in weight_files(folder):
