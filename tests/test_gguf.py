@@ -221,6 +221,36 @@ def test_truncated_and_corrupt_files(written, tmp_path) -> None:
         lmlab.load(garbage)
 
 
+def test_unreadable_tokenizer_warns_and_loads(written, tmp_path) -> None:
+    """A vocabulary lmlab cannot rebuild does not block the weights: tokenizer None + a warning."""
+    path, hf = written
+    reader_md = read_gguf(path, tensors=False).metadata
+    w = GGUFWriter(tmp_path / "tok.gguf", reader_md["general.architecture"])
+    for key, value in reader_md.items():
+        if key not in ("general.architecture", "general.alignment"):
+            w.add_key_value(key, value, _vtype(value))
+    w.add_tokenizer_model("t5-unigram-lmlab-does-not-know")
+    w.add_token_list([f"t{i}" for i in range(256)])
+    src = GGUFReader(path)
+    for t in src.tensors:
+        w.add_tensor(t.name, np.asarray(t.data), raw_dtype=t.tensor_type)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    with pytest.warns(UserWarning, match="no tokenizer"):
+        model, tok = lmlab.load(tmp_path / "tok.gguf")
+    assert tok is None and model.cfg.vocab_size == 256
+
+
+def _vtype(value):
+    from gguf import GGUFValueType
+
+    if isinstance(value, list):
+        return GGUFValueType.ARRAY
+    return {str: GGUFValueType.STRING, int: GGUFValueType.INT64, float: GGUFValueType.FLOAT32}[type(value)]
+
+
 def test_unsupported_quant_type(tmp_path) -> None:
     path = tmp_path / "iq.gguf"
     w = GGUFWriter(path, "llama")

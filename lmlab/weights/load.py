@@ -9,6 +9,7 @@ Resolution order: an existing path; a packaged real model name (`smollm2-135m-in
 from __future__ import annotations
 
 import difflib
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -295,9 +296,13 @@ def _folder_tokenizer(folder: Path) -> Tokenizer | None:
 
 
 def _gguf_tokenizer(meta: dict[str, Any], where: Path) -> Tokenizer | None:
-    """The tokenizer rebuilt from GGUF metadata, or None when the file has no vocabulary."""
+    """The tokenizer rebuilt from GGUF metadata; None (with a warning) when it cannot be rebuilt."""
     if "tokenizer.ggml.tokens" not in meta:
         return None
-    from lmlab.tokenizers import from_gguf_metadata
+    from lmlab.tokenizers import TokenizerError, from_gguf_metadata
 
-    return from_gguf_metadata(meta)
+    try:
+        return from_gguf_metadata(meta)
+    except TokenizerError as e:  # the weights are still usable: load a tokenizer separately
+        warnings.warn(f"{where}: no tokenizer ({e})", stacklevel=4)
+        return None
