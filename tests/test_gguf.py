@@ -223,7 +223,7 @@ def test_truncated_and_corrupt_files(written, tmp_path) -> None:
 
 def test_unreadable_tokenizer_warns_and_loads(written, tmp_path) -> None:
     """A vocabulary lmlab cannot rebuild does not block the weights: tokenizer None + a warning."""
-    path, hf = written
+    path, _ = written
     reader_md = read_gguf(path, tensors=False).metadata
     w = GGUFWriter(tmp_path / "tok.gguf", reader_md["general.architecture"])
     for key, value in reader_md.items():
@@ -248,7 +248,9 @@ def _vtype(value):
 
     if isinstance(value, list):
         return GGUFValueType.ARRAY
-    return {str: GGUFValueType.STRING, int: GGUFValueType.INT64, float: GGUFValueType.FLOAT32}[type(value)]
+    return {str: GGUFValueType.STRING, int: GGUFValueType.INT64, float: GGUFValueType.FLOAT32}[
+        type(value)
+    ]
 
 
 def test_unsupported_quant_type(tmp_path) -> None:
