@@ -76,6 +76,7 @@ def _write(path, hf_model, arch: str) -> None:
         w.add_key_length(c.head_dim)
         w.add_value_length(c.head_dim)
         w.add_sliding_window(c.sliding_window)
+        w.add_rope_freq_base_swa(c.rope_parameters["sliding_attention"]["rope_theta"])
     layer = _GEMMA_LAYER if arch == "gemma3" else _LAYER
     sd = hf_model.state_dict()
     for hf_name, t in sd.items():
@@ -141,7 +142,7 @@ def _gemma3():
         sliding_window=8,
         query_pre_attn_scalar=32,
         rope_theta=1_000_000.0,
-        rope_local_base_freq=10_000.0,
+        rope_local_base_freq=20_000.0,
         rms_norm_eps=1e-6,
     )
     return transformers.Gemma3ForCausalLM(cfg)

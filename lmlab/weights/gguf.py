@@ -536,7 +536,8 @@ def _hf_config(gf: GGUFFile) -> dict[str, Any]:
             "head_dim": head_dim,
             "hidden_activation": "gelu_pytorch_tanh",
             "rope_theta": get("rope.freq_base", 1_000_000.0),
-            "rope_local_base_freq": 10_000.0,  # not stored in GGUF; every Gemma 3 uses 10k locally
+            # newer converters store the local base; older files leave it out (every Gemma 3: 10k)
+            "rope_local_base_freq": get("rope.freq_base_swa", 10_000.0),
             "sliding_window": get("attention.sliding_window", 4096),
             **({"sliding_window_pattern": pattern} if isinstance(pattern, int) else {}),
             "layer_types": layer_types,
