@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -33,8 +34,9 @@ class Config:
     small_densities: int = 6  # n=5, m=2 and n=20, m=5: density from 1 down to 0.01
     geometry_n: int = 200
     geometry_m: int = 20
-    geometry_instances: int = 10
-    geometry_steps: int = 3000
+    geometry_instances: int = 12
+    geometry_density: tuple[float, float] = (0.8, 0.12)  # where the 1/2, 2/5, ... structures live
+    geometry_steps: int = 4000
     geometry_batch: int = 256
     phase_grid: int = 9  # n=2, m=1: grid x grid of relative importance x density
 
@@ -95,7 +97,8 @@ def run(cfg: Config, out: RunDir) -> dict:
     ]
 
     # n=200, m=20, uniform importance: feature dimensionality sticks to 1/2, 2/5, ...
-    gd = torch.logspace(-0.2, -2, cfg.geometry_instances)
+    hi, lo = cfg.geometry_density
+    gd = torch.logspace(math.log10(hi), math.log10(lo), cfg.geometry_instances)
     Wg, _, _ = train_best_of(
         cfg.geometry_n,
         cfg.geometry_m,
