@@ -41,6 +41,7 @@ class TrainConfig:
     dtype: str = "float32"  # "bfloat16" runs forward/backward under autocast
     compile: bool = False
     device: str = "auto"  # auto: cuda if available, else cpu
+    threads: int = 0  # CPU threads for torch; 0 keeps torch's default
     parallel: str = "ddp"  # with torchrun: "ddp" or "fsdp" (FSDP2 fully_shard)
     # eval, logging, checkpoints
     eval_interval: int = 100
@@ -102,7 +103,21 @@ class TrainConfig:
                 )
             over.setdefault("vocab_size", vocab_size)
         over.setdefault("max_seq_len", block_size or self.block_size)
-        return preset(self.model, **over)
+        return preset(self.model, **scaled_overrides(preset(self.model), over))
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def scaled_overrides(base: Config, over: dict[str, Any]) -> dict[str, Any]:
+    """Overrides plus the derived widths they imply: a new d_model or n_heads rescales head_dim,
+    n_kv_heads (keeping the GQA ratio) and d_ff (keeping its ratio to d_model) unless given."""
+    over = dict(over)
+    d, h = over.get("d_model", base.d_model), over.get("n_heads", base.n_heads)
+    if "head_dim" not in over and base.head_dim == base.d_model // base.n_heads:
+        over["head_dim"] = d // h
+    if "n_kv_heads" not in over:
+        over["n_kv_heads"] = max(1, h * base.n_kv_heads // base.n_heads)
+    if "d_ff" not in over:
+        over["d_ff"] = max(1, round(base.d_ff * d / base.d_model))
+    return over

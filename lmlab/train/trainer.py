@@ -48,6 +48,8 @@ class Trainer:
         self, model: nn.Module, cfg: TrainConfig, data: DataSource, callbacks: list[Callback] = ()
     ) -> None:
         self.cfg, self.data, self.callbacks = cfg, data, list(callbacks)
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
         self.dist = dist.setup(cfg.device)
         if cfg.batch_size % self.dist.world:
             raise ConfigError(
@@ -206,8 +208,8 @@ class Trainer:
                 self.optimizer.step()
                 self.optimizer.zero_grad(set_to_none=True)
                 loss = dist.all_reduce_sum(loss, d) / n_tok
-                first_bad = torch.where(
-                    (first_bad < 0) & ~torch.isfinite(loss), self.step, first_bad
+                first_bad = torch.where(  # 1-based step number, like the logs
+                    (first_bad < 0) & ~torch.isfinite(loss), self.step + 1, first_bad
                 )
                 run_loss += loss
                 self.step += 1

@@ -1,0 +1,157 @@
+"""Trainer: schedules, optimizer groups and registry, learning, NaN stop, resume, config errors."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from lmlab.config import ConfigError
+from lmlab.data.tasks import InductionTask, MaxSortTask
+from lmlab.model import Transformer
+from lmlab.settings import from_toml
+from lmlab.train import TrainConfig, Trainer, TrainingError, optimizers
+from lmlab.train import checkpoint as ckpt
+from lmlab.train.schedule import lr_at
+
+
+def _cfg(tmp_path, **kw) -> TrainConfig:
+    base = dict(model="gpt2-tiny", model_overrides=dict(d_model=32, n_layers=1, n_heads=2), batch_size=16,
+                max_steps=10, lr=3e-3, min_lr=3e-4, warmup_steps=2, eval_interval=5, eval_iters=2, log_interval=1,
+                out_dir=str(tmp_path / "run"), tensorboard=False, progress=False, threads=1, seed=0)
+    return TrainConfig(**{**base, **kw})
+
+
+def _model(cfg: TrainConfig, task) -> Transformer:
+    torch.manual_seed(cfg.seed)
+    return Transformer(cfg.model_config(task.vocab_size, task.block_size))
+
+
+def test_schedules():
+    c = TrainConfig(lr=1.0, min_lr=0.1, warmup_steps=10, max_steps=110, schedule="cosine")
+    assert lr_at(0, c) == pytest.approx(0.1) and lr_at(9, c) == pytest.approx(1.0)
+    assert lr_at(10, c) == pytest.approx(1.0) and lr_at(109, c) == pytest.approx(0.1)
+    assert lr_at(60, c) == pytest.approx(0.55, abs=0.01)
+    w = TrainConfig(lr=1.0, min_lr=0.0, warmup_steps=10, max_steps=110, schedule="wsd", decay_fraction=0.2)
+    assert lr_at(50, w) == 1.0 and lr_at(88, w) == 1.0 and lr_at(109, w) == pytest.approx(0.0)
+    assert 0 < lr_at(100, w) < 1
+    k = TrainConfig(lr=0.5, min_lr=0.0, warmup_steps=0, schedule="constant")
+    assert lr_at(0, k) == lr_at(999, k) == 0.5
+
+
+def test_adamw_decay_groups_and_registry(tmp_path):
+    model = Transformer(TrainConfig().model_config(65))
+    opt = optimizers.build(model, TrainConfig(weight_decay=0.1))
+    decay, no_decay = opt.param_groups
+    assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
+    assert all(p.dim() == 2 for p in decay["params"])
+    assert any(p is model.embed.weight for p in no_decay["params"])  # (tied) embeddings are not decayed
+    assert any(p is model.blocks[0].ln1.weight for p in no_decay["params"])
+    n = sum(p.numel() for g in opt.param_groups for p in g["params"])
+    assert n == sum(p.numel() for p in model.parameters())  # each parameter exactly once
+    assert opt.defaults["fused"]
+
+    calls = []
+
+    @optimizers.register("test-sgd")
+    def sgd(model, cfg):
+        calls.append(cfg.lr)
+        return torch.optim.SGD(model.parameters(), lr=cfg.lr)
+
+    task = MaxSortTask(kind="max", length=4, max_value=8)
+    cfg = _cfg(tmp_path, optimizer="test-sgd", max_steps=2)
+    Trainer(_model(cfg, task), cfg, task).fit()
+    assert calls == [3e-3]
+    with pytest.raises(ConfigError, match="Did you mean 'adamw'"):
+        optimizers.build(model, TrainConfig(optimizer="adamv"))
+
+
+def test_trainer_learns_max_task(tmp_path):
+    task = MaxSortTask(kind="max", length=6, max_value=16)
+    cfg = _cfg(tmp_path, batch_size=64, max_steps=100, lr=1e-2, min_lr=1e-3, eval_interval=50, warmup_steps=10,
+               model_overrides=dict(d_model=48, n_layers=2, n_heads=4))
+    history = Trainer(_model(cfg, task), cfg, task).fit()
+    evals = [r for r in history if "val_loss" in r]
+    assert history[0]["loss"] > 2.0 and evals[-1]["val_loss"] < 0.2  # ln(16) = 2.77 at chance
+    assert (tmp_path / "run" / "loss.png").stat().st_size > 1000
+    lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == 100 + 2 and '"tok_s"' in lines[0]
+
+
+def test_grad_accumulation_matches_big_batch(tmp_path):
+    task = InductionTask(vocab_size=20, seq_len=6)
+    a = _cfg(tmp_path / "a", batch_size=32, grad_accum=1, max_steps=3, grad_clip=0)
+    b = _cfg(tmp_path / "b", batch_size=16, grad_accum=2, max_steps=3, grad_clip=0)
+    ma, mb = _model(a, task), _model(b, task)
+    # Same data: two micro-batches of 16 drawn in a row equal one batch of 32 drawn by position.
+    ha, hb = Trainer(ma, a, task).fit(), Trainer(mb, b, task).fit()
+    la, lb = [r["loss"] for r in ha if "loss" in r], [r["loss"] for r in hb if "loss" in r]
+    assert la == pytest.approx(lb, abs=1e-5) and la[0] != la[-1]
+
+
+def test_bf16_autocast_on_cpu(tmp_path):
+    task = MaxSortTask(kind="max", length=4, max_value=8)
+    cfg = _cfg(tmp_path, dtype="bfloat16", max_steps=3)
+    h = Trainer(_model(cfg, task), cfg, task).fit()
+    assert math.isfinite(h[-1]["val_loss"])
+
+
+def test_resume_continues_bit_identically(tmp_path):
+    task = InductionTask(vocab_size=20, seq_len=6)
+    over = dict(d_model=32, n_layers=1, n_heads=2, dropout=0.1)  # dropout: the torch RNG must be restored too
+    full_cfg = _cfg(tmp_path / "full", max_steps=8, eval_interval=4, model_overrides=over)
+    full = _model(full_cfg, task)
+    Trainer(full, full_cfg, task).fit()
+    half_cfg = _cfg(tmp_path / "half", max_steps=8, eval_interval=4, model_overrides=over)
+    Trainer(_model(half_cfg, task), half_cfg, task, [lambda tr, rec: rec["step"] == 4]).fit()  # stops at 4
+    assert ckpt.load(tmp_path / "half" / "run" / ckpt.FILENAME)["step"] == 4
+    rest_cfg = _cfg(tmp_path / "half", max_steps=8, eval_interval=4, resume=True, model_overrides=over)
+    torch.manual_seed(123)  # resuming must not depend on the fresh process's RNG or init
+    rest = Transformer(rest_cfg.model_config(task.vocab_size, task.block_size))
+    history = Trainer(rest, rest_cfg, task).fit()
+    assert [r["step"] for r in history if "loss" in r] == list(range(1, 9))
+    for (k, p), q in zip(full.state_dict().items(), rest.state_dict().values(), strict=True):
+        assert torch.equal(p, q), k
+    # Without --resume an existing checkpoint is not overwritten.
+    with pytest.raises(ConfigError, match="pass --resume"):
+        Trainer(_model(full_cfg, task), full_cfg, task).fit()
+
+
+def test_resume_with_mismatched_model_config(tmp_path):
+    task = InductionTask(vocab_size=20, seq_len=6)
+    cfg = _cfg(tmp_path, max_steps=2)
+    Trainer(_model(cfg, task), cfg, task).fit()
+    other = _cfg(tmp_path, max_steps=4, resume=True, model_overrides=dict(d_model=64, n_layers=1, n_heads=2))
+    with pytest.raises(ConfigError, match=r"model config differs.*d_model: checkpoint 32 vs now 64"):
+        Trainer(_model(other, task), other, task).fit()
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
+    task = MaxSortTask(kind="max", length=4, max_value=8)
+    cfg = _cfg(tmp_path, max_steps=20, checkpoint_interval=4, eval_interval=0)
+    model = _model(cfg, task)
+    calls = {"n": 0}
+
+    def poison(module, args, out):  # forward passes 1..6 are fine, the 7th (step 7) yields NaN
+        calls["n"] += 1
+        return out * float("nan") if calls["n"] == 7 else out
+
+    model.unembed.register_forward_hook(poison)
+    with pytest.raises(TrainingError, match=r"non-finite \(nan/inf\) at step 7.*last good checkpoint.*lower lr"):
+        Trainer(model, cfg, task).fit()
+    state = ckpt.load(tmp_path / "run" / ckpt.FILENAME)
+    assert state["step"] == 4 and all(torch.isfinite(v).all() for v in state["model"].values())
+
+
+def test_config_errors(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text('max_step = 10\n')
+    with pytest.raises(ConfigError, match="did you mean 'max_steps'"):
+        from_toml(TrainConfig, bad)
+    with pytest.raises(ConfigError, match="did you mean 'd_model'"):
+        TrainConfig(model_overrides={"d_modle": 3})
+    with pytest.raises(ConfigError, match="schedule='cosin' is not one of"):
+        TrainConfig(schedule="cosin")
+    with pytest.raises(ConfigError, match="smaller than the data's vocabulary"):
+        TrainConfig(model_overrides={"vocab_size": 10}).model_config(65)
