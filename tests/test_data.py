@@ -42,17 +42,25 @@ def test_sharded_token_folder(tmp_path):
     data = TokenData(tmp_path, block_size=8)
     assert data.num_tokens("train") == 300
     x, _ = data.get_batch("train", 64, torch.Generator().manual_seed(1))
-    assert set(x[:, 0].tolist()) == {0, 100, 200}  # every shard is sampled; windows stay inside a shard
+    assert set(x[:, 0].tolist()) == {
+        0,
+        100,
+        200,
+    }  # every shard is sampled; windows stay inside a shard
 
 
 def test_dataset_shorter_than_block_is_a_clear_error(tmp_path):
     _folder(tmp_path, n=100)
-    with pytest.raises(TokenDataError, match=r"shorter than one block.*val.bin has 10 tokens.*block_size=32"):
+    with pytest.raises(
+        TokenDataError, match=r"shorter than one block.*val.bin has 10 tokens.*block_size=32"
+    ):
         TokenData(tmp_path, block_size=32)
 
 
 def test_vocab_larger_than_token_dtype(tmp_path):
-    with pytest.raises(TokenDataError, match=r"vocab_size=70000 is larger than uint16.*dtype=uint32"):
+    with pytest.raises(
+        TokenDataError, match=r"vocab_size=70000 is larger than uint16.*dtype=uint32"
+    ):
         write_meta(tmp_path, 70000, "uint16")
     with pytest.raises(TokenDataError, match=r"token id 70000 does not fit uint16"):
         write_tokens(tmp_path / "train.bin", [1, 70000], "uint16")
@@ -80,7 +88,11 @@ def test_corpus_preparer_parallel_and_resumable(tmp_path):
     inputs = []
     for i in range(4):
         p = docs / f"part{i}.jsonl"
-        p.write_text("".join(json.dumps({"text": f"document {i}-{j}: " + "abc " * j}) + "\n" for j in range(30)))
+        p.write_text(
+            "".join(
+                json.dumps({"text": f"document {i}-{j}: " + "abc " * j}) + "\n" for j in range(30)
+            )
+        )
         inputs.append(p)
     full = prepare(inputs, tmp_path / "full", tokenizer="bytes", workers=2, val_fraction=0.2)
     assert full["processed"] == 4 and full["tokens"] > 0
@@ -107,8 +119,8 @@ def test_addition_task_format_and_held_out():
     x, y = task.get_batch("train", 512, g)
     assert x.shape == (512, 11)
     seq = torch.cat([x, y[:, -1:]], 1)
-    a = (seq[:, 0] * 100 + seq[:, 1] * 10 + seq[:, 2])
-    b = (seq[:, 4] * 100 + seq[:, 5] * 10 + seq[:, 6])
+    a = seq[:, 0] * 100 + seq[:, 1] * 10 + seq[:, 2]
+    b = seq[:, 4] * 100 + seq[:, 5] * 10 + seq[:, 6]
     ans = (seq[:, 8:] * torch.tensor([1, 10, 100, 1000])).sum(1)  # reversed digits
     assert torch.equal(ans, a + b)
     assert (y[:, :7] == -100).all() and (y[:, 7:] >= 0).all()  # loss only on the answer
@@ -116,8 +128,16 @@ def test_addition_task_format_and_held_out():
     seen = set()
     for _ in range(20):
         tx, _ = task.get_batch("train", 4096, g)
-        seen |= set((tx[:, 0] * 100000 + tx[:, 1] * 10000 + tx[:, 2] * 1000 + tx[:, 4] * 100 + tx[:, 5] * 10
-                     + tx[:, 6]).tolist())
+        seen |= set(
+            (
+                tx[:, 0] * 100000
+                + tx[:, 1] * 10000
+                + tx[:, 2] * 1000
+                + tx[:, 4] * 100
+                + tx[:, 5] * 10
+                + tx[:, 6]
+            ).tolist()
+        )
     assert len(test_keys) == 2000 and not (seen & test_keys)
 
 
@@ -142,7 +162,11 @@ def test_addition_exact_match_of_an_oracle():
 def test_induction_maxsort_trigram():
     g = torch.Generator().manual_seed(0)
     toks = induction_batch(4, 10, 50, g, bos=0)
-    assert toks.shape == (4, 21) and (toks[:, 0] == 0).all() and torch.equal(toks[:, 1:11], toks[:, 11:])
+    assert (
+        toks.shape == (4, 21)
+        and (toks[:, 0] == 0).all()
+        and torch.equal(toks[:, 1:11], toks[:, 11:])
+    )
     x, y = InductionTask(vocab_size=50, seq_len=10).get_batch("train", 4, g)
     assert x.shape == (4, 20) and (y[:, :10] == -100).all() and torch.equal(y[:, 10:], x[:, 1:11])
     task = MaxSortTask(kind="sort", length=5, max_value=20)
@@ -153,7 +177,9 @@ def test_induction_maxsort_trigram():
     tri = TrigramTask(vocab_size=16, block_size=32, branching=2, seed=3)
     x, y = tri.get_batch("train", 8, g)
     assert x.shape == (8, 32) and 0 < tri.entropy() <= np.log(2) + 1e-6
-    assert (tri.probs[x[:, :-1], x[:, 1:]].gather(-1, y[:, 1:, None]) > 0).all()  # only allowed successors
+    assert (
+        tri.probs[x[:, :-1], x[:, 1:]].gather(-1, y[:, 1:, None]) > 0
+    ).all()  # only allowed successors
 
 
 def test_make_data_errors():

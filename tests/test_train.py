@@ -17,9 +17,23 @@ from lmlab.train.schedule import lr_at
 
 
 def _cfg(tmp_path, **kw) -> TrainConfig:
-    base = dict(model="gpt2-tiny", model_overrides=dict(d_model=32, n_layers=1, n_heads=2), batch_size=16,
-                max_steps=10, lr=3e-3, min_lr=3e-4, warmup_steps=2, eval_interval=5, eval_iters=2, log_interval=1,
-                out_dir=str(tmp_path / "run"), tensorboard=False, progress=False, threads=1, seed=0)
+    base = dict(
+        model="gpt2-tiny",
+        model_overrides=dict(d_model=32, n_layers=1, n_heads=2),
+        batch_size=16,
+        max_steps=10,
+        lr=3e-3,
+        min_lr=3e-4,
+        warmup_steps=2,
+        eval_interval=5,
+        eval_iters=2,
+        log_interval=1,
+        out_dir=str(tmp_path / "run"),
+        tensorboard=False,
+        progress=False,
+        threads=1,
+        seed=0,
+    )
     return TrainConfig(**{**base, **kw})
 
 
@@ -33,7 +47,9 @@ def test_schedules():
     assert lr_at(0, c) == pytest.approx(0.1) and lr_at(9, c) == pytest.approx(1.0)
     assert lr_at(10, c) == pytest.approx(1.0) and lr_at(109, c) == pytest.approx(0.1)
     assert lr_at(60, c) == pytest.approx(0.55, abs=0.01)
-    w = TrainConfig(lr=1.0, min_lr=0.0, warmup_steps=10, max_steps=110, schedule="wsd", decay_fraction=0.2)
+    w = TrainConfig(
+        lr=1.0, min_lr=0.0, warmup_steps=10, max_steps=110, schedule="wsd", decay_fraction=0.2
+    )
     assert lr_at(50, w) == 1.0 and lr_at(88, w) == 1.0 and lr_at(109, w) == pytest.approx(0.0)
     assert 0 < lr_at(100, w) < 1
     k = TrainConfig(lr=0.5, min_lr=0.0, warmup_steps=0, schedule="constant")
@@ -46,7 +62,9 @@ def test_adamw_decay_groups_and_registry(tmp_path):
     decay, no_decay = opt.param_groups
     assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
     assert all(p.dim() == 2 for p in decay["params"])
-    assert any(p is model.embed.weight for p in no_decay["params"])  # (tied) embeddings are not decayed
+    assert any(
+        p is model.embed.weight for p in no_decay["params"]
+    )  # (tied) embeddings are not decayed
     assert any(p is model.blocks[0].ln1.weight for p in no_decay["params"])
     n = sum(p.numel() for g in opt.param_groups for p in g["params"])
     assert n == sum(p.numel() for p in model.parameters())  # each parameter exactly once
@@ -69,8 +87,16 @@ def test_adamw_decay_groups_and_registry(tmp_path):
 
 def test_trainer_learns_max_task(tmp_path):
     task = MaxSortTask(kind="max", length=6, max_value=16)
-    cfg = _cfg(tmp_path, batch_size=64, max_steps=100, lr=1e-2, min_lr=1e-3, eval_interval=50, warmup_steps=10,
-               model_overrides=dict(d_model=48, n_layers=2, n_heads=4))
+    cfg = _cfg(
+        tmp_path,
+        batch_size=64,
+        max_steps=100,
+        lr=1e-2,
+        min_lr=1e-3,
+        eval_interval=50,
+        warmup_steps=10,
+        model_overrides=dict(d_model=48, n_layers=2, n_heads=4),
+    )
     history = Trainer(_model(cfg, task), cfg, task).fit()
     evals = [r for r in history if "val_loss" in r]
     assert history[0]["loss"] > 2.0 and evals[-1]["val_loss"] < 0.2  # ln(16) = 2.77 at chance
@@ -99,14 +125,20 @@ def test_bf16_autocast_on_cpu(tmp_path):
 
 def test_resume_continues_bit_identically(tmp_path):
     task = InductionTask(vocab_size=20, seq_len=6)
-    over = dict(d_model=32, n_layers=1, n_heads=2, dropout=0.1)  # dropout: the torch RNG must be restored too
+    over = dict(
+        d_model=32, n_layers=1, n_heads=2, dropout=0.1
+    )  # dropout: the torch RNG must be restored too
     full_cfg = _cfg(tmp_path / "full", max_steps=8, eval_interval=4, model_overrides=over)
     full = _model(full_cfg, task)
     Trainer(full, full_cfg, task).fit()
     half_cfg = _cfg(tmp_path / "half", max_steps=8, eval_interval=4, model_overrides=over)
-    Trainer(_model(half_cfg, task), half_cfg, task, [lambda tr, rec: rec["step"] == 4]).fit()  # stops at 4
+    Trainer(
+        _model(half_cfg, task), half_cfg, task, [lambda tr, rec: rec["step"] == 4]
+    ).fit()  # stops at 4
     assert ckpt.load(tmp_path / "half" / "run" / ckpt.FILENAME)["step"] == 4
-    rest_cfg = _cfg(tmp_path / "half", max_steps=8, eval_interval=4, resume=True, model_overrides=over)
+    rest_cfg = _cfg(
+        tmp_path / "half", max_steps=8, eval_interval=4, resume=True, model_overrides=over
+    )
     torch.manual_seed(123)  # resuming must not depend on the fresh process's RNG or init
     rest = Transformer(rest_cfg.model_config(task.vocab_size, task.block_size))
     history = Trainer(rest, rest_cfg, task).fit()
@@ -122,8 +154,12 @@ def test_resume_with_mismatched_model_config(tmp_path):
     task = InductionTask(vocab_size=20, seq_len=6)
     cfg = _cfg(tmp_path, max_steps=2)
     Trainer(_model(cfg, task), cfg, task).fit()
-    other = _cfg(tmp_path, max_steps=4, resume=True, model_overrides=dict(d_model=64, n_layers=1, n_heads=2))
-    with pytest.raises(ConfigError, match=r"model config differs.*d_model: checkpoint 32 vs now 64"):
+    other = _cfg(
+        tmp_path, max_steps=4, resume=True, model_overrides=dict(d_model=64, n_layers=1, n_heads=2)
+    )
+    with pytest.raises(
+        ConfigError, match=r"model config differs.*d_model: checkpoint 32 vs now 64"
+    ):
         Trainer(_model(other, task), other, task).fit()
 
 
@@ -138,7 +174,9 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
         return out * float("nan") if calls["n"] == 7 else out
 
     model.unembed.register_forward_hook(poison)
-    with pytest.raises(TrainingError, match=r"non-finite \(nan/inf\) at step 7.*last good checkpoint.*lower lr"):
+    with pytest.raises(
+        TrainingError, match=r"non-finite \(nan/inf\) at step 7.*last good checkpoint.*lower lr"
+    ):
         Trainer(model, cfg, task).fit()
     state = ckpt.load(tmp_path / "run" / ckpt.FILENAME)
     assert state["step"] == 4 and all(torch.isfinite(v).all() for v in state["model"].values())
@@ -146,7 +184,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
 
 def test_config_errors(tmp_path):
     bad = tmp_path / "bad.toml"
-    bad.write_text('max_step = 10\n')
+    bad.write_text("max_step = 10\n")
     with pytest.raises(ConfigError, match="did you mean 'max_steps'"):
         from_toml(TrainConfig, bad)
     with pytest.raises(ConfigError, match="did you mean 'd_model'"):

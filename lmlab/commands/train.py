@@ -49,9 +49,7 @@ def split_overrides(items: list[str]) -> tuple[list[str], dict, dict]:
 
 
 def main(args: argparse.Namespace) -> int:
-    from lmlab.data.sources import make_data
-    from lmlab.model import Transformer
-    from lmlab.train import Trainer, distributed
+    from lmlab.train.run import train
     from lmlab.train.sample import sample
 
     plain, model_over, data_over = split_overrides(args.overrides)
@@ -62,28 +60,15 @@ def main(args: argparse.Namespace) -> int:
     if args.show_config:
         print(json.dumps(cfg.to_dict(), indent=2))
         return 0
-    src = make_data(cfg.data, cfg.block_size, cfg.data_options)
-    torch.manual_seed(cfg.seed)
-    model = Transformer(cfg.model_config(src.vocab_size, src.block_size))
-    trainer = Trainer(model, cfg, src.data)
-    if trainer.dist.main:
-        print(
-            f"lmlab train: {model.cfg.name} ({sum(p.numel() for p in model.parameters()):,} parameters), "
-            f"data {cfg.data}, {trainer.dist.world} process(es) on {trainer.dist.device}, out_dir {cfg.out_dir}"
-        )
-    try:
-        history = trainer.fit()
-    finally:
-        distributed.cleanup()
-    if not trainer.dist.main:
+    res = train(cfg)
+    if not res.trainer.dist.main:
         return 0
-    evals = [r for r in history if "val_loss" in r]
-    if evals:
-        print(f"step {evals[-1]['step']}: val loss {evals[-1]['val_loss']:.4f}")
-    if src.decode is not None and cfg.data == "shakespeare-char":
-        g = torch.Generator().manual_seed(cfg.seed)
-        print("sample:\n" + src.decode(sample(model, [0], 300, generator=g)))
-    print(f"checkpoint: {trainer.ckpt_path}; metrics: {trainer.out_dir / 'metrics.jsonl'}")
+    if res.final:
+        print(f"step {res.final['step']}: val loss {res.final['val_loss']:.4f}")
+    if cfg.data == "shakespeare-char" and res.source.decode is not None:
+        ids = sample(res.model, [0], 300, generator=torch.Generator().manual_seed(cfg.seed))
+        print("sample:\n" + res.source.decode(ids))
+    print(f"checkpoint: {res.trainer.ckpt_path}; metrics: {res.trainer.out_dir / 'metrics.jsonl'}")
     return 0
 
 
