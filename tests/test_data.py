@@ -12,8 +12,9 @@ from lmlab.config import ConfigError
 from lmlab.data.prepare import prepare
 from lmlab.data.sources import make_data
 from lmlab.data.tasks import AdditionTask, InductionTask, MaxSortTask, TrigramTask, induction_batch
-from lmlab.data.text import CharVocab, prepare_text
+from lmlab.data.text import prepare_text
 from lmlab.data.tokens import TokenData, TokenDataError, token_dtype, write_meta, write_tokens
+from lmlab.tokenizers import CharTokenizer, TokenizerError
 from tests.conftest import data_file
 
 
@@ -72,13 +73,13 @@ def test_vocab_larger_than_token_dtype(tmp_path):
 
 def test_prepare_text_char_level(tmp_path):
     text = "hello world, " * 100
-    vocab = CharVocab.from_text(text)
+    vocab = CharTokenizer.from_text(text)
     prepare_text(text, vocab, tmp_path, val_fraction=0.1, tokenizer_name="char")
     train = np.fromfile(tmp_path / "train.bin", dtype=np.uint16)
     val = np.fromfile(tmp_path / "val.bin", dtype=np.uint16)
     assert len(train) + len(val) == len(text) and len(val) == 130
     assert vocab.decode(train.tolist()) + vocab.decode(val.tolist()) == text
-    with pytest.raises(TokenDataError, match="not in this"):
+    with pytest.raises(TokenizerError, match="not in this"):
         vocab.encode("hello!")
 
 
@@ -198,3 +199,15 @@ def test_tinyshakespeare_local(shared_data, tmp_path, monkeypatch):
     assert src.vocab_size == 65 and src.data.num_tokens("train") > 900_000
     x, _ = src.data.get_batch("val", 2, torch.Generator().manual_seed(0))
     assert isinstance(src.decode(x[0].tolist()), str)
+
+
+def test_corpus_preparer_with_gpt2_tokenizer(shared_data, tmp_path):
+    data_file(shared_data, "gpt2.tiktoken")
+    src = tmp_path / "a.txt"
+    src.write_text("Hello world. " * 300)
+    prepare([src], tmp_path / "out", tokenizer="gpt2", workers=1, val_fraction=0.0)
+    ids = np.fromfile(tmp_path / "out" / "train_000000.bin", dtype=np.uint16)
+    from lmlab.tokenizers import gpt2_tiktoken
+
+    tok = gpt2_tiktoken()
+    assert ids[0] == tok.eos_id == 50256 and tok.decode(ids[1:].tolist()) == src.read_text()

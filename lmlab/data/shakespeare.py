@@ -5,8 +5,9 @@ from __future__ import annotations
 import urllib.request
 from pathlib import Path
 
-from lmlab.data.text import CharVocab, prepare_text
+from lmlab.data.text import prepare_text
 from lmlab.paths import cache_dir, data_dir
+from lmlab.tokenizers import CharTokenizer
 
 URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
 FILENAME = "tinyshakespeare.txt"
@@ -45,10 +46,10 @@ def shakespeare_text(download: bool = True) -> str:
 
 def prepare_shakespeare_char(
     folder: str | Path | None = None, val_fraction: float = 0.1
-) -> tuple[Path, CharVocab]:
+) -> tuple[Path, CharTokenizer]:
     """Char-level train.bin/val.bin of TinyShakespeare (65 symbols); returns (folder, vocabulary)."""
     text = shakespeare_text()
-    vocab = CharVocab.from_text(text)
+    vocab = CharTokenizer.from_text(text)
     folder = Path(folder) if folder else cache_dir() / "data" / "shakespeare_char"
     meta = folder / "meta.json"
     if not (meta.is_file() and (folder / "val.bin").is_file()):

@@ -1,9 +1,7 @@
-"""Text -> token files: a character vocabulary and `prepare_text` (train/val split + meta.json)."""
+"""Text -> token files: `prepare_text` encodes with any tokenizer and writes train/val `.bin` + meta.json."""
 
 from __future__ import annotations
 
-import json
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -18,41 +16,6 @@ class Encoder(Protocol):
     vocab_size: int
 
     def encode(self, text: str) -> list[int]: ...
-
-
-class CharVocab:
-    """Character-level vocabulary: one id per distinct character, in sorted order."""
-
-    def __init__(self, chars: Iterable[str]) -> None:
-        self.chars = sorted(set(chars))
-        self.stoi = {c: i for i, c in enumerate(self.chars)}
-
-    @classmethod
-    def from_text(cls, text: str) -> CharVocab:
-        return cls(text)
-
-    @property
-    def vocab_size(self) -> int:
-        return len(self.chars)
-
-    def encode(self, text: str) -> list[int]:
-        try:
-            return [self.stoi[c] for c in text]
-        except KeyError as e:
-            raise TokenDataError(
-                f"character {e.args[0]!r} is not in this {self.vocab_size}-character "
-                "vocabulary; build the vocabulary from text that contains it"
-            ) from None
-
-    def decode(self, ids: Iterable[int]) -> str:
-        return "".join(self.chars[int(i)] for i in ids)
-
-    def to_json(self) -> str:
-        return json.dumps(self.chars, ensure_ascii=False)
-
-    @classmethod
-    def from_json(cls, s: str) -> CharVocab:
-        return cls(json.loads(s))
 
 
 def prepare_text(

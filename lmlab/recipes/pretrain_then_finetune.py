@@ -6,11 +6,12 @@ import time
 from dataclasses import dataclass
 
 from lmlab.data.shakespeare import shakespeare_text
-from lmlab.data.text import CharVocab, prepare_text
+from lmlab.data.text import prepare_text
 from lmlab.data.tokens import TokenData
 from lmlab.paths import data_dir
 from lmlab.recipes import shakespeare_char
 from lmlab.runs import RunDir
+from lmlab.tokenizers import CharTokenizer
 from lmlab.train.plots import plot_runs
 
 SUMMARY = "pretrain on a local SMS corpus, finetune on Shakespeare: beats from-scratch at the same finetune budget"
@@ -47,7 +48,7 @@ def _sms_text(name: str) -> str:
 
 def run(cfg: Config, out: RunDir) -> dict:
     sms, shakes = _sms_text(cfg.pretrain_corpus), shakespeare_text()
-    vocab = CharVocab(set(sms) | set(shakes))  # one vocabulary covers both corpora
+    vocab = CharTokenizer(sorted(set(sms) | set(shakes)))  # one vocabulary covers both corpora
     sms_dir = prepare_text(sms, vocab, out.path / "data_sms", 0.05, tokenizer_name="char")
     sh_dir = prepare_text(shakes, vocab, out.path / "data_shakespeare", 0.1, tokenizer_name="char")
     sms_data, sh_data = TokenData(sms_dir, cfg.block_size), TokenData(sh_dir, cfg.block_size)
