@@ -61,7 +61,7 @@ class Runner:
         loss.backward()
         self.opt.step()
         self.opt.zero_grad(set_to_none=True)
-        return float(loss)
+        return float(loss.detach())
 
     def tok_s(self, batches: list, steps: int) -> float:
         t0 = time.perf_counter()
