@@ -1,0 +1,1 @@
+"""Look inside models: lenses, attribution, patching, head detectors, sinks, probes, plots, viewer."""
