@@ -464,7 +464,9 @@ class ActivationCache:
             if mode in ("all", "mlp"):
                 parts.append(s * self._get("mlp_out", i, "decompose_resid"))
                 labels.append(f"{i}_mlp_out")
-        stack = _pos(torch.stack(parts), pos_slice)
+        stack = _pos(
+            torch.stack(torch.broadcast_tensors(*parts)), pos_slice
+        )  # pos_embed is [1, T, d]
         if apply_ln:
             stack = self.apply_ln_to_stack(stack, layer, pos_slice=pos_slice)
         return (stack, labels) if return_labels else stack

@@ -17,16 +17,23 @@ from lmlab.model import Transformer
 KINDS = ("previous_token", "duplicate_token", "induction", "sink")
 
 
-def repeated_tokens(model: Transformer, n: int = 50, batch: int = 8, *, seed: int = 0,
-                    bos: int | None = None) -> torch.Tensor:
+def repeated_tokens(
+    model: Transformer, n: int = 50, batch: int = 8, *, seed: int = 0, bos: int | None = None
+) -> torch.Tensor:
     """[batch, 1 + 2n]: a BOS (the model's, else 0), then n random ids, then the same n again."""
     vocab = model.cfg.vocab_size
     bos = model.cfg.bos_token_id if bos is None else bos
-    bos = 0 if bos is None or not 0 <= bos < vocab else bos  # a shrunken preset may keep a stale BOS id
+    bos = (
+        0 if bos is None or not 0 <= bos < vocab else bos
+    )  # a shrunken preset may keep a stale BOS id
     if 2 * n + 1 > model.cfg.max_seq_len:
-        raise ValueError(f"n={n} gives {2 * n + 1} tokens, beyond max_seq_len={model.cfg.max_seq_len}; lower n")
+        raise ValueError(
+            f"n={n} gives {2 * n + 1} tokens, beyond max_seq_len={model.cfg.max_seq_len}; lower n"
+        )
     g = torch.Generator().manual_seed(seed)
-    low = min(max(vocab // 100, 3), vocab - 1)  # skip the first ids, where special tokens usually live
+    low = min(
+        max(vocab // 100, 3), vocab - 1
+    )  # skip the first ids, where special tokens usually live
     first = torch.randint(low, vocab, (batch, n), generator=g)
     return torch.cat([torch.full((batch, 1), bos), first, first], 1)
 
@@ -53,14 +60,28 @@ def score_pattern(pattern: torch.Tensor, kind: str, n: int) -> torch.Tensor:
     raise ValueError(f"unknown head kind {kind!r}; choose one of {KINDS}")
 
 
-def head_scores(model: Transformer, kind: str = "induction", *, n: int = 50, batch: int = 8,
-                tokens: torch.Tensor | None = None, seed: int = 0) -> torch.Tensor:
+def head_scores(
+    model: Transformer,
+    kind: str = "induction",
+    *,
+    n: int = 50,
+    batch: int = 8,
+    tokens: torch.Tensor | None = None,
+    seed: int = 0,
+) -> torch.Tensor:
     """Score of every head for `kind`: [n_layers, n_heads]."""
     return all_head_scores(model, n=n, batch=batch, tokens=tokens, seed=seed, kinds=(kind,))[kind]
 
 
-def all_head_scores(model: Transformer, *, n: int = 50, batch: int = 8, tokens: torch.Tensor | None = None,
-                    seed: int = 0, kinds: tuple[str, ...] = KINDS) -> dict[str, torch.Tensor]:
+def all_head_scores(
+    model: Transformer,
+    *,
+    n: int = 50,
+    batch: int = 8,
+    tokens: torch.Tensor | None = None,
+    seed: int = 0,
+    kinds: tuple[str, ...] = KINDS,
+) -> dict[str, torch.Tensor]:
     """Every detector's scores {kind: [n_layers, n_heads]} from one cached forward."""
     for k in kinds:
         if k not in KINDS:
@@ -68,8 +89,10 @@ def all_head_scores(model: Transformer, *, n: int = 50, batch: int = 8, tokens: 
     if tokens is None:
         tokens = repeated_tokens(model, n, batch, seed=seed)
     elif (tokens.shape[-1] - 1) % 2 or not torch.equal(tokens[:, 1 : n + 1], tokens[:, n + 1 :]):
-        raise ValueError(f"tokens [B, T={tokens.shape[-1]}] must be BOS + n={n} ids repeated twice; build them with "
-                         "repeated_tokens(model, n)")
+        raise ValueError(
+            f"tokens [B, T={tokens.shape[-1]}] must be BOS + n={n} ids repeated twice; build them with "
+            "repeated_tokens(model, n)"
+        )
     out = {k: torch.zeros(model.cfg.n_layers, model.cfg.n_heads) for k in kinds}
 
     def score(pattern: torch.Tensor, hook) -> None:
@@ -79,7 +102,9 @@ def all_head_scores(model: Transformer, *, n: int = 50, batch: int = 8, tokens: 
 
     with torch.no_grad():
         # score each layer inside its hook so no pattern outlives its layer
-        model.run_with_hooks(tokens, fwd_hooks=[(lambda name: name.endswith("attn.hook_pattern"), score)])
+        model.run_with_hooks(
+            tokens, fwd_hooks=[(lambda name: name.endswith("attn.hook_pattern"), score)]
+        )
     return out
 
 
@@ -103,8 +128,9 @@ def top_heads(scores: torch.Tensor, k: int = 5) -> list[Head]:
     return [Head(int(i) // H, int(i) % H, float(v)) for v, i in zip(vals, idx, strict=True)]
 
 
-def detect_heads(model: Transformer, kind: str = "induction", *, threshold: float = 0.4,
-                 **kwargs) -> list[Head]:
+def detect_heads(
+    model: Transformer, kind: str = "induction", *, threshold: float = 0.4, **kwargs
+) -> list[Head]:
     """Heads whose `kind` score is at least `threshold`, best first."""
     scores = head_scores(model, kind, **kwargs)
     return [h for h in top_heads(scores, scores.numel()) if h.score >= threshold]

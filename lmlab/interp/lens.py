@@ -27,8 +27,10 @@ class Lens(Protocol):
 
 def _check_lm(model: Transformer) -> None:
     if model.unembed is None or model.ln_final is None:
-        raise ValueError(f"{model.cfg.name} has no final norm + LM head, so a logit lens cannot decode it; "
-                         "use a decoder model (or probes for encoders)")
+        raise ValueError(
+            f"{model.cfg.name} has no final norm + LM head, so a logit lens cannot decode it; "
+            "use a decoder model (or probes for encoders)"
+        )
 
 
 def unembed(model: Transformer, resid: torch.Tensor) -> torch.Tensor:
@@ -87,19 +89,28 @@ def fit_tuned_lens(
             tokens = next(it)
         logits, cache = model.run_with_cache(tokens, names_filter=names)
         target = F.log_softmax(logits.float(), -1)
-        loss = sum(
-            F.kl_div(F.log_softmax(lens(cache["resid_pre", i], i).float(), -1), target, log_target=True,
-                     reduction="batchmean") for i in range(n)
-        ) / n
+        loss = (
+            sum(
+                F.kl_div(
+                    F.log_softmax(lens(cache["resid_pre", i], i).float(), -1),
+                    target,
+                    log_target=True,
+                    reduction="batchmean",
+                )
+                for i in range(n)
+            )
+            / n
+        )
         opt.zero_grad()
         loss.backward()
         opt.step()
-        losses.append(float(loss))
+        losses.append(loss.item())
     return losses
 
 
-def layer_logits(model: Transformer, tokens: torch.Tensor, lens: Lens | None = None,
-                 pos: int | slice = -1) -> torch.Tensor:
+def layer_logits(
+    model: Transformer, tokens: torch.Tensor, lens: Lens | None = None, pos: int | slice = -1
+) -> torch.Tensor:
     """Lens logits of every layer: [n_layers + 1, B, (T,) vocab] (row i = residual entering block i,
     the last row = the final residual, whose logit-lens decoding equals the model's output)."""
     lens = lens or LogitLens(model)
@@ -123,13 +134,22 @@ class LensTable:
     target_ranks: torch.Tensor  # [n_layers + 1]
 
 
-def lens_table(model: Transformer, tokens: torch.Tensor, *, lens: Lens | None = None, pos: int = -1,
-               k: int = 5, target: int | None = None) -> LensTable:
+def lens_table(
+    model: Transformer,
+    tokens: torch.Tensor,
+    *,
+    lens: Lens | None = None,
+    pos: int = -1,
+    k: int = 5,
+    target: int | None = None,
+) -> LensTable:
     """Logit-lens table of one sequence at `pos`; `target` defaults to the model's own prediction."""
     if tokens.dim() == 1:
         tokens = tokens[None]
     if tokens.shape[0] != 1:
-        raise ValueError(f"lens_table reads one sequence; got a batch of {tokens.shape[0]}: pass tokens[:1]")
+        raise ValueError(
+            f"lens_table reads one sequence; got a batch of {tokens.shape[0]}: pass tokens[:1]"
+        )
     logits = layer_logits(model, tokens, lens, pos)[:, 0].float()  # [L+1, V]
     probs = logits.softmax(-1)
     target = int(logits[-1].argmax()) if target is None else int(target)
@@ -143,7 +163,11 @@ def describe(table: LensTable, decode: Any) -> str:
     """Markdown table of a `LensTable`; `decode(id) -> str` names tokens."""
     rows = ["| layer | top tokens | p(target) | rank |", "|---|---|---|---|"]
     for i, label in enumerate(table.layers):
-        tops = ", ".join(f"{decode(int(t))!r} {float(p):.2f}" for t, p in zip(table.top_ids[i], table.top_probs[i],
-                                                                              strict=True))
-        rows.append(f"| {label} | {tops} | {float(table.target_probs[i]):.3f} | {int(table.target_ranks[i])} |")
+        tops = ", ".join(
+            f"{decode(int(t))!r} {float(p):.2f}"
+            for t, p in zip(table.top_ids[i], table.top_probs[i], strict=True)
+        )
+        rows.append(
+            f"| {label} | {tops} | {float(table.target_probs[i]):.3f} | {int(table.target_ranks[i])} |"
+        )
     return "\n".join(rows)

@@ -31,7 +31,9 @@ def _fallback_tokenizer(name: str) -> Any:
 
     path = packaged_path(name)
     if path is None:
-        raise FileNotFoundError(f"packaged model {name!r} is not installed; see lmlab.weights.packaged")
+        raise FileNotFoundError(
+            f"packaged model {name!r} is not installed; see lmlab.weights.packaged"
+        )
     if path.suffix == ".gguf":
         return _HFTokenizer(AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name))
     return _HFTokenizer(AutoTokenizer.from_pretrained(str(path)))

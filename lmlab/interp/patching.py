@@ -48,8 +48,10 @@ def normalized(metric: Metric, clean: float, corrupt: float) -> Metric:
     """Metric rescaled so the corrupted run scores 0 and the clean run 1 (fraction recovered)."""
     span = clean - corrupt
     if abs(span) < 1e-9:
-        raise PatchingError(f"clean and corrupted runs score the same ({clean:.4g}); choose a corruption that "
-                            "changes the metric")
+        raise PatchingError(
+            f"clean and corrupted runs score the same ({clean:.4g}); choose a corruption that "
+            "changes the metric"
+        )
     return lambda logits: (metric(logits) - corrupt) / span
 
 
@@ -58,20 +60,29 @@ def _check_pair(clean: torch.Tensor, corrupt: torch.Tensor) -> None:
         raise PatchingError(
             f"clean tokens have shape {tuple(clean.shape)} but corrupted tokens {tuple(corrupt.shape)}; patching "
             "copies activations position by position, so both prompts need the same number of tokens "
-            "(pick a corruption with the same token count, or pad both)")
+            "(pick a corruption with the same token count, or pad both)"
+        )
 
 
 def _per_seq(values: torch.Tensor, n_patches: int, batch: int) -> torch.Tensor:
     """Metric output [n_patches * batch] -> [n_patches], averaged over the clean batch."""
     values = values.float().reshape(-1)
     if values.numel() != n_patches * batch:
-        raise PatchingError(f"the metric returned {values.numel()} values for {n_patches * batch} sequences; it must "
-                            "return one value per sequence (shape [N]), e.g. patching.logit_diff(...)")
+        raise PatchingError(
+            f"the metric returned {values.numel()} values for {n_patches * batch} sequences; it must "
+            "return one value per sequence (shape [N]), e.g. patching.logit_diff(...)"
+        )
     return values.view(n_patches, batch).mean(1)
 
 
-def patch_activation(model: Transformer, corrupt_tokens: torch.Tensor, name: str, value: torch.Tensor,
-                     metric: Metric, index: tuple = ()) -> float:
+def patch_activation(
+    model: Transformer,
+    corrupt_tokens: torch.Tensor,
+    name: str,
+    value: torch.Tensor,
+    metric: Metric,
+    index: tuple = (),
+) -> float:
     """Metric of the corrupted run with activation `name` (at `index`, e.g. `(slice(None), 3)`) set to `value`."""
     hp = model.hook_dict.get(name) if name in model.hook_dict else None
     if hp is None:
@@ -80,9 +91,11 @@ def patch_activation(model: Transformer, corrupt_tokens: torch.Tensor, name: str
     def hook(act: torch.Tensor, h: HookPoint) -> torch.Tensor:
         target = act[index]
         if target.shape != value.shape:
-            raise PatchingError(f"cannot patch {name}{list(index) if index else ''}: the corrupted run has shape "
-                                f"{tuple(target.shape)} there, the patch has shape {tuple(value.shape)}; take the "
-                                "patch from a run on inputs of the same shape")
+            raise PatchingError(
+                f"cannot patch {name}{list(index) if index else ''}: the corrupted run has shape "
+                f"{tuple(target.shape)} there, the patch has shape {tuple(value.shape)}; take the "
+                "patch from a run on inputs of the same shape"
+            )
         act = act.clone()
         act[index] = value.to(act.dtype)
         return act
@@ -92,8 +105,15 @@ def patch_activation(model: Transformer, corrupt_tokens: torch.Tensor, name: str
     return float(metric(logits).float().mean())
 
 
-def _batched(model: Transformer, corrupt_tokens: torch.Tensor, name: str, n_patches: int,
-             apply: Callable[[torch.Tensor, int], None], metric: Metric, chunk: int) -> torch.Tensor:
+def _batched(
+    model: Transformer,
+    corrupt_tokens: torch.Tensor,
+    name: str,
+    n_patches: int,
+    apply: Callable[[torch.Tensor, int], None],
+    metric: Metric,
+    chunk: int,
+) -> torch.Tensor:
     """Run `n_patches` patched copies of the corrupted batch, `chunk` at a time; apply(act_view, r) patches row r."""
     B = corrupt_tokens.shape[0]
     out = []
@@ -114,19 +134,29 @@ def _batched(model: Transformer, corrupt_tokens: torch.Tensor, name: str, n_patc
     return torch.cat(out)
 
 
-def _clean_cache(model: Transformer, clean_tokens: torch.Tensor, corrupt_tokens: torch.Tensor,
-                 names: list[str]) -> ActivationCache:
+def _clean_cache(
+    model: Transformer, clean_tokens: torch.Tensor, corrupt_tokens: torch.Tensor, names: list[str]
+) -> ActivationCache:
     _check_pair(clean_tokens, corrupt_tokens)
     _, cache = model.run_with_cache(clean_tokens, names_filter=names)
     return cache
 
 
-def patch_by_position(model: Transformer, clean_tokens: torch.Tensor, corrupt_tokens: torch.Tensor,
-                      metric: Metric, kind: str = "resid_pre", *, layers: list[int] | None = None,
-                      chunk: int = 32) -> torch.Tensor:
+def patch_by_position(
+    model: Transformer,
+    clean_tokens: torch.Tensor,
+    corrupt_tokens: torch.Tensor,
+    metric: Metric,
+    kind: str = "resid_pre",
+    *,
+    layers: list[int] | None = None,
+    chunk: int = 32,
+) -> torch.Tensor:
     """Patch `kind` ("resid_pre", "attn_out", "mlp_out", ...) at every (layer, position): [layers, T]."""
     if kind not in POSITION_KINDS:
-        raise PatchingError(f"kind={kind!r} is not patchable by position; choose one of {POSITION_KINDS}")
+        raise PatchingError(
+            f"kind={kind!r} is not patchable by position; choose one of {POSITION_KINDS}"
+        )
     layers = list(range(model.cfg.n_layers)) if layers is None else layers
     names = [act_name(kind, i) for i in layers]
     cache = _clean_cache(model, clean_tokens, corrupt_tokens, names)
@@ -142,11 +172,21 @@ def patch_by_position(model: Transformer, clean_tokens: torch.Tensor, corrupt_to
     return torch.stack(rows)
 
 
-def patch_heads(model: Transformer, clean_tokens: torch.Tensor, corrupt_tokens: torch.Tensor, metric: Metric,
-                kind: str = "z", *, by_position: bool = False, chunk: int = 32) -> torch.Tensor:
+def patch_heads(
+    model: Transformer,
+    clean_tokens: torch.Tensor,
+    corrupt_tokens: torch.Tensor,
+    metric: Metric,
+    kind: str = "z",
+    *,
+    by_position: bool = False,
+    chunk: int = 32,
+) -> torch.Tensor:
     """Patch each head's `kind` ("z", "q", "k", "v" or "pattern"): [layers, heads] (or [layers, T, heads])."""
     if kind not in HEAD_KINDS:
-        raise PatchingError(f"kind={kind!r} is not a per-head activation; choose one of {HEAD_KINDS}")
+        raise PatchingError(
+            f"kind={kind!r} is not a per-head activation; choose one of {HEAD_KINDS}"
+        )
     L = model.cfg.n_layers
     names = [act_name(kind, i) for i in range(L)]
     cache = _clean_cache(model, clean_tokens, corrupt_tokens, names)
@@ -157,7 +197,9 @@ def patch_heads(model: Transformer, clean_tokens: torch.Tensor, corrupt_tokens: 
         head_dim = 1 if kind == "pattern" else 2  # pattern [B, H, T, S]; q/z [B, T, H, D]
         H = clean.shape[head_dim]
 
-        def apply(view: torch.Tensor, r: int, clean: torch.Tensor = clean, H: int = H, hd: int = head_dim) -> None:
+        def apply(
+            view: torch.Tensor, r: int, clean: torch.Tensor = clean, H: int = H, hd: int = head_dim
+        ) -> None:
             h, p = (r % H, r // H) if by_position else (r, None)
             if hd == 1:
                 if p is None:
@@ -175,8 +217,13 @@ def patch_heads(model: Transformer, clean_tokens: torch.Tensor, corrupt_tokens: 
     return torch.stack(rows)
 
 
-def attribution_patch(model: Transformer, clean_tokens: torch.Tensor, corrupt_tokens: torch.Tensor,
-                      metric: Metric, kind: str = "resid_pre") -> torch.Tensor:
+def attribution_patch(
+    model: Transformer,
+    clean_tokens: torch.Tensor,
+    corrupt_tokens: torch.Tensor,
+    metric: Metric,
+    kind: str = "resid_pre",
+) -> torch.Tensor:
     """Gradient estimate of `patch_by_position` (kinds in POSITION_KINDS: [layers, T]) or of
     `patch_heads` (kind "z": [layers, heads]), from one clean forward and one corrupted forward+backward."""
     if kind not in POSITION_KINDS and kind != "z":
