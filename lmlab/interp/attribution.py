@@ -66,7 +66,7 @@ def dla_by_neuron(
     post = cache["post", layer][:, pos]  # [B, d_ff]
     w_down = mlp.down.weight  # [d, d_ff]
     # The norm is linear given its cached scale, so push the unembedding direction back through it once.
-    B, d_ff = post.shape
+    B = post.shape[0]
     probe = torch.eye(model.cfg.d_model, device=post.device, dtype=post.dtype)  # [d, d]
     per_dim = cache.logit_attrs(
         probe[:, None].expand(-1, B, -1), answer, wrong, pos_slice=pos

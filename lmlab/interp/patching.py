@@ -162,7 +162,7 @@ def patch_by_position(
     cache = _clean_cache(model, clean_tokens, corrupt_tokens, names)
     T = clean_tokens.shape[-1]
     rows = []
-    for i, name in zip(tqdm(layers, desc=f"patch {kind}", leave=False), names, strict=True):
+    for name in tqdm(names, desc=f"patch {kind}", leave=False):
         clean = cache[name]  # [B, T, d]
 
         def apply(view: torch.Tensor, p: int, clean: torch.Tensor = clean) -> None:

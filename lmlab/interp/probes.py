@@ -71,7 +71,7 @@ def train_probe(
         raise ValueError(
             f"{x.shape[0]} activation rows but {y.shape[0]} labels; pass one label per sequence"
         )
-    n_val = int(round(x.shape[0] * val_frac))
+    n_val = round(x.shape[0] * val_frac)
     if n_val < 1 or x.shape[0] - n_val < 2:
         raise ValueError(f"{x.shape[0]} examples are too few for val_frac={val_frac}; collect more")
     g = torch.Generator().manual_seed(seed)
