@@ -99,18 +99,27 @@ class Muon(torch.optim.Optimizer):
     def _muon_group(self, g: dict[str, Any]) -> None:
         params = [p for p in g["params"] if p.grad is not None]
         rank, world = _dist_rank_world() if self.shard else (0, 1)
-        updates: list[torch.Tensor | None] = []
+        updates: list[torch.Tensor | None] = [None] * len(params)
+        buckets: dict[tuple, list[int]] = {}  # same-shaped matrices go through one batched call
         for i, p in enumerate(params):
             state = self.state[p]
             if "momentum_buffer" not in state:
                 state["momentum_buffer"] = torch.zeros_like(p)
             buf = state["momentum_buffer"]
             buf.lerp_(p.grad, 1 - g["momentum"])
-            if i % world != rank:
-                updates.append(None)
-                continue
-            u = p.grad.lerp(buf, g["momentum"]) if g["nesterov"] else buf
-            updates.append(orthogonalize(u, g["ns_steps"], g["ns_coeffs"]))
+            if i % world == rank:
+                buckets.setdefault((tuple(p.shape), p.dtype, p.device), []).append(i)
+        for idx in buckets.values():
+            u = torch.stack(
+                [
+                    params[i].grad.lerp(self.state[params[i]]["momentum_buffer"], g["momentum"])
+                    if g["nesterov"]
+                    else self.state[params[i]]["momentum_buffer"]
+                    for i in idx
+                ]
+            )
+            for i, o in zip(idx, orthogonalize(u, g["ns_steps"], g["ns_coeffs"]), strict=True):
+                updates[i] = o
         if world > 1:
             import torch.distributed as dist
 
