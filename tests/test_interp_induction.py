@@ -16,7 +16,16 @@ from lmlab.model import Transformer
 def attention_only(cfg_name: str = "llama-tiny") -> Transformer:
     """2 layers, 4 heads, RoPE; the MLPs are zeroed and frozen (Config has no attn_only knob)."""
     torch.manual_seed(0)
-    cfg = preset(cfg_name, vocab_size=64, d_model=64, n_heads=4, n_kv_heads=4, n_layers=2, max_seq_len=64, d_ff=64)
+    cfg = preset(
+        cfg_name,
+        vocab_size=64,
+        d_model=64,
+        n_heads=4,
+        n_kv_heads=4,
+        n_layers=2,
+        max_seq_len=64,
+        d_ff=64,
+    )
     m = Transformer(cfg)
     for blk in m.blocks:
         for p in blk.mlp.parameters():
@@ -31,7 +40,9 @@ def test_trained_attention_only_model_has_an_induction_head():
     torch.set_num_threads(1)
     try:
         m = attention_only()
-        opt = torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=3e-3, weight_decay=0.0)
+        opt = torch.optim.AdamW(
+            [p for p in m.parameters() if p.requires_grad], lr=3e-3, weight_decay=0.0
+        )
         g = torch.Generator().manual_seed(1)
         best = 0.0
         for step in range(1500):

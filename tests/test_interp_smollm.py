@@ -3,8 +3,6 @@ TransformerLens's TransformerBridge, and the known residual-patching picture of 
 
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
 
@@ -27,50 +25,40 @@ def smollm():
     torch.set_num_threads(n)
 
 
-def boot_bridge(tokenizer=None):
-    """TransformerBridge (compatibility mode) on transformers' Llama holding the same dequantized weights."""
-    tl = pytest.importorskip("transformer_lens.model_bridge")
-    import transformers
-
-    from lmlab.weights.gguf import gguf_to_hf
-
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    hf_cfg, sd, _ = gguf_to_hf(packaged_path(NAME))
-    cfg = transformers.LlamaConfig(**{k: v for k, v in hf_cfg.items() if k not in ("architectures", "model_type")})
-    hf = transformers.LlamaForCausalLM(cfg).eval()
-    hf.load_state_dict(sd)
-    bridge = tl.TransformerBridge.boot_transformers(
-        "HuggingFaceTB/SmolLM2-135M-Instruct", hf_model=hf, tokenizer=tokenizer or _stub_tokenizer(), device="cpu"
-    )
-    bridge.enable_compatibility_mode(disable_warnings=True)
-    return bridge
-
-
-def _stub_tokenizer():
-    """The bridge wants a tokenizer; we feed it token ids, so a one-word stand-in avoids a hub call."""
-    import tokenizers
-    import transformers
-
-    model = tokenizers.models.WordLevel({"<unk>": 0}, unk_token="<unk>")
-    return transformers.PreTrainedTokenizerFast(tokenizer_object=tokenizers.Tokenizer(model), unk_token="<unk>")
-
-
 def test_activations_match_transformer_bridge(smollm):
     model, tok = smollm
+    pytest.importorskip("transformer_lens")
+    from lmlab.interp.reference import boot_bridge
+
     bridge = boot_bridge()
-    ids = torch.tensor([[1, *tok.encode("The Eiffel Tower is located in the city of Paris, in France.")]])
+    ids = torch.tensor(
+        [[1, *tok.encode("The Eiffel Tower is located in the city of Paris, in France.")]]
+    )
     L = model.cfg.n_layers
-    per_layer = ["hook_resid_pre", "hook_resid_mid", "hook_resid_post", "attn.hook_pattern", "attn.hook_z",
-                 "mlp.hook_post", "hook_attn_out", "hook_mlp_out", "ln1.hook_scale"]
-    names = [f"blocks.{i}.{s}" for i in range(L) for s in per_layer] + ["ln_final.hook_scale",
-                                                                        "ln_final.hook_normalized"]
+    per_layer = [
+        "hook_resid_pre",
+        "hook_resid_mid",
+        "hook_resid_post",
+        "attn.hook_pattern",
+        "attn.hook_z",
+        "mlp.hook_post",
+        "hook_attn_out",
+        "hook_mlp_out",
+        "ln1.hook_scale",
+    ]
+    names = [f"blocks.{i}.{s}" for i in range(L) for s in per_layer] + [
+        "ln_final.hook_scale",
+        "ln_final.hook_normalized",
+    ]
     with torch.no_grad():
         ours_logits, ours = model.run_with_cache(ids, names_filter=names)
         tl_logits, theirs = bridge.run_with_cache(ids, names_filter=lambda n: n in names)
     worst, raw = {}, {}
     for n in names:
         a, b = ours[n].float(), theirs[n].float()
-        if n == "ln_final.hook_normalized":  # compatibility mode folds the norm weight into the unembedding
+        if (
+            n == "ln_final.hook_normalized"
+        ):  # compatibility mode folds the norm weight into the unembedding
             a = a / model.ln_final.weight
         assert a.shape == b.shape, (n, a.shape, b.shape)
         # 1e-4 relative to the size of the vector it sits in (once above 1): SmolLM2's residual stream
@@ -80,7 +68,9 @@ def test_activations_match_transformer_bridge(smollm):
         raw[n] = float((a - b).abs().max())
     bad = {n: d for n, d in worst.items() if d > 1e-4}
     assert not bad, bad
-    print(f"max scaled difference {max(worst.values()):.2e}, max abs {max(raw.values()):.2e} over {len(names)} hooks")
+    print(
+        f"max scaled difference {max(worst.values()):.2e}, max abs {max(raw.values()):.2e} over {len(names)} hooks"
+    )
     print({k: f"{v:.1e}" for k, v in raw.items() if "29" in k or "ln_final" in k})
     # logits agree up to the per-position constant that compatibility mode's centred unembedding removes
     diff = ours_logits - tl_logits
@@ -91,17 +81,27 @@ def test_residual_patching_shows_subject_then_final_position(smollm, tmp_path):
     model, tok = smollm
     clean = torch.tensor([tok.encode("The Eiffel Tower is located in the city of")])
     corrupt = torch.tensor([tok.encode("The Kremlin Wall is located in the city of")])
-    assert clean.shape == corrupt.shape == (1, 10)  # The | E iffel Tower | is located in the city of
+    assert (
+        clean.shape == corrupt.shape == (1, 10)
+    )  # The | E iffel Tower | is located in the city of
     with torch.no_grad():
         lc, lx = model(clean), model(corrupt)
     paris, wrong = tok.encode(" Paris")[0], int(lx[0, -1].argmax())  # " Moscow"
     base = patching.logit_diff(paris, wrong)
     metric = patching.normalized(base, float(base(lc)), float(base(lx)))
     res = patching.patch_by_position(model, clean, corrupt, metric, "resid_pre")
-    path = viz.plot_patching(res, tmp_path / "patching.png", tokens=[tok.decode([i]) for i in clean[0].tolist()],
-                             title="resid_pre patching: fraction of logit difference recovered")
+    path = viz.plot_patching(
+        res,
+        tmp_path / "patching.png",
+        tokens=[tok.decode([i]) for i in clean[0].tolist()],
+        title="resid_pre patching: fraction of logit difference recovered",
+    )
     assert path.stat().st_size > 5000
-    L, subject_last, final = model.cfg.n_layers, 2, clean.shape[1] - 1  # 'iffel' ends the subject's name
+    L, subject_last, final = (
+        model.cfg.n_layers,
+        2,
+        clean.shape[1] - 1,
+    )  # 'iffel' ends the subject's name
     others = [p for p in range(clean.shape[1]) if p != subject_last]
     for layer in range(L * 2 // 5):  # early layers: only the subject carries the answer
         assert res[layer, subject_last] >= 0.8, (layer, res[layer])

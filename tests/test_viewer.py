@@ -22,7 +22,7 @@ def patterns() -> torch.Tensor:
 
 def test_page_is_self_contained_and_escapes_tokens():
     html = attention_html(TOKENS, patterns(), title="<b>t</b>")
-    assert "<script>alert" not in html and "</script>\"" not in html
+    assert "<script>alert" not in html and '</script>"' not in html
     assert html.count("</script>") == 2  # the data block and the code, nothing from the tokens
     assert "http://" not in html and "https://" not in html and "src=" not in html
     assert "&lt;b&gt;t&lt;/b&gt;" in html
@@ -37,7 +37,9 @@ def _browser():
     try:
         from playwright.sync_api import sync_playwright
     except ImportError:
-        pytest.skip("playwright is not installed (pip install playwright); it drives the system Chromium")
+        pytest.skip(
+            "playwright is not installed (pip install playwright); it drives the system Chromium"
+        )
     return path, sync_playwright
 
 
