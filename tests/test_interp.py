@@ -56,7 +56,7 @@ def test_decompose_resid_sums_to_residual_and_dla_sums_to_logits(name):
 def test_head_results_sum_to_attention_output_and_neurons_to_mlp():
     m = tiny("gpt2-tiny")
     x = toks(m)
-    logits, cache = m.run_with_cache(x)
+    _, cache = m.run_with_cache(x)
     heads_stack, labels = cache.stack_head_results(return_labels=True)
     L, H = m.cfg.n_layers, m.cfg.n_heads
     assert heads_stack.shape == (L * H, 2, 12, m.cfg.d_model) and labels[H] == "L1H0"
@@ -83,7 +83,7 @@ def test_accumulated_resid_and_logit_lens_end_at_the_output():
     m = tiny()
     x = toks(m)
     logits, cache = m.run_with_cache(x)
-    acc, labels = cache.accumulated_resid(return_labels=True, incl_mid=True)
+    _, labels = cache.accumulated_resid(return_labels=True, incl_mid=True)
     assert labels == ["0_pre", "0_mid", "1_pre", "1_mid", "final_post"]
     lens_logits = lens.layer_logits(m, x, pos=-1)
     assert lens_logits.shape == (m.cfg.n_layers + 1, 2, m.cfg.vocab_size)
