@@ -194,3 +194,28 @@ def test_ddp_matches_single_process(shard):
         # the all-reduced mean gradient differs from the full-batch one only by rounding
         assert torch.allclose(ranks[0][n], want, atol=2e-3), n
     assert copy.deepcopy(ranks[0]).keys() == single.state_dict().keys()
+
+
+@pytest.mark.slow
+def test_muon_vs_adamw_recipe_smoke(shared_data, tmp_path):
+    from conftest import data_file
+
+    from lmlab.recipes import muon_vs_adamw
+    from lmlab.runs import RunDir
+
+    data_file(shared_data, "tinyshakespeare.txt")
+    cfg = muon_vs_adamw.Config(
+        max_steps=6,
+        warmup_steps=2,
+        eval_interval=3,
+        eval_iters=1,
+        adamw_lrs=(1e-2,),
+        muon_lrs=(0.03,),
+    )
+    out = RunDir.create("muon-vs-adamw", tmp_path)
+    metrics = muon_vs_adamw.run(cfg, out)
+    assert (
+        metrics["adamw_best_val_loss"] < 4.3 and metrics["muon_best_val_loss"] < 4.3
+    )  # ln 65 = 4.17
+    assert (out.path / "loss_curves.png").stat().st_size > 10_000
+    assert "Best Muon" in (out.path / "report.md").read_text()
