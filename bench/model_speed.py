@@ -1,0 +1,85 @@
+"""Forward+backward training throughput: lmlab vs transformers on the same shapes, same run.
+
+    python bench/model_speed.py [--batch 4] [--seq 256] [--steps 5] [--dtype float32]
+
+Both models get identical weights (copied through lmlab's name map); each step is a full
+forward, cross-entropy loss and backward. Runs alternate between the two libraries so drift in
+machine load hits both equally. Prints tokens/s and the ratio lmlab / transformers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import time
+
+import torch
+import torch.nn.functional as F
+import transformers
+
+from lmlab.model import Transformer
+from lmlab.weights.hf import config_from_hf, load_state_dict
+
+SHAPES = {
+    "gpt2-small": lambda: transformers.GPT2Config(n_embd=768, n_layer=12, n_head=12, n_positions=1024),
+    "llama-shaped": lambda: transformers.LlamaConfig(
+        vocab_size=32000, hidden_size=768, intermediate_size=2048, num_hidden_layers=12, num_attention_heads=12,
+        num_key_value_heads=4, max_position_embeddings=2048),
+}
+
+
+def step_ours(model, tokens):
+    logits = model(tokens)
+    loss = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), tokens[:, 1:].flatten())
+    loss.backward()
+
+
+def step_hf(model, tokens):
+    logits = model(input_ids=tokens).logits
+    loss = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), tokens[:, 1:].flatten())
+    loss.backward()
+
+
+def timed(fn, model, tokens) -> float:
+    model.zero_grad(set_to_none=True)
+    t0 = time.perf_counter()
+    fn(model, tokens)
+    return time.perf_counter() - t0
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--batch", type=int, default=4)
+    ap.add_argument("--seq", type=int, default=256)
+    ap.add_argument("--steps", type=int, default=5)
+    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    ap.add_argument("--attn", default="sdpa", choices=["sdpa", "eager"], help="transformers attention backend")
+    ap.add_argument("--shapes", nargs="*", default=list(SHAPES))
+    args = ap.parse_args()
+    dtype = getattr(torch, args.dtype)
+    torch.manual_seed(0)
+    print(f"torch {torch.__version__}, transformers {transformers.__version__}, {torch.get_num_threads()} threads, "
+          f"{platform.processor() or platform.machine()}; batch {args.batch} x {args.seq}, {args.dtype}, "
+          f"transformers attn={args.attn}")
+    for shape in args.shapes:
+        hf_cfg = SHAPES[shape]()
+        hf_cfg._attn_implementation = args.attn
+        hf = transformers.AutoModelForCausalLM.from_config(hf_cfg).to(dtype).train()
+        ours = Transformer(config_from_hf(hf_cfg.to_dict())).to(dtype).train()
+        load_state_dict(ours, hf.state_dict())
+        tokens = torch.randint(0, hf_cfg.vocab_size, (args.batch, args.seq))
+        for _ in range(2):  # warm-up
+            timed(step_ours, ours, tokens)
+            timed(step_hf, hf, tokens)
+        t_ours, t_hf = [], []
+        for _ in range(args.steps):
+            t_ours.append(timed(step_ours, ours, tokens))
+            t_hf.append(timed(step_hf, hf, tokens))
+        n = args.batch * args.seq
+        ours_tps, hf_tps = n / min(t_ours), n / min(t_hf)
+        print(f"{shape:13s} lmlab {ours_tps:8.0f} tok/s   transformers {hf_tps:8.0f} tok/s   "
+              f"ratio {ours_tps / hf_tps:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
