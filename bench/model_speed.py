@@ -21,10 +21,18 @@ from lmlab.model import Transformer
 from lmlab.weights.hf import config_from_hf, load_state_dict
 
 SHAPES = {
-    "gpt2-small": lambda: transformers.GPT2Config(n_embd=768, n_layer=12, n_head=12, n_positions=1024),
+    "gpt2-small": lambda: transformers.GPT2Config(
+        n_embd=768, n_layer=12, n_head=12, n_positions=1024
+    ),
     "llama-shaped": lambda: transformers.LlamaConfig(
-        vocab_size=32000, hidden_size=768, intermediate_size=2048, num_hidden_layers=12, num_attention_heads=12,
-        num_key_value_heads=4, max_position_embeddings=2048),
+        vocab_size=32000,
+        hidden_size=768,
+        intermediate_size=2048,
+        num_hidden_layers=12,
+        num_attention_heads=12,
+        num_key_value_heads=4,
+        max_position_embeddings=2048,
+    ),
 }
 
 
@@ -53,14 +61,18 @@ def main() -> None:
     ap.add_argument("--seq", type=int, default=256)
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
-    ap.add_argument("--attn", default="sdpa", choices=["sdpa", "eager"], help="transformers attention backend")
+    ap.add_argument(
+        "--attn", default="sdpa", choices=["sdpa", "eager"], help="transformers attention backend"
+    )
     ap.add_argument("--shapes", nargs="*", default=list(SHAPES))
     args = ap.parse_args()
     dtype = getattr(torch, args.dtype)
     torch.manual_seed(0)
-    print(f"torch {torch.__version__}, transformers {transformers.__version__}, {torch.get_num_threads()} threads, "
-          f"{platform.processor() or platform.machine()}; batch {args.batch} x {args.seq}, {args.dtype}, "
-          f"transformers attn={args.attn}")
+    print(
+        f"torch {torch.__version__}, transformers {transformers.__version__}, {torch.get_num_threads()} threads, "
+        f"{platform.processor() or platform.machine()}; batch {args.batch} x {args.seq}, {args.dtype}, "
+        f"transformers attn={args.attn}"
+    )
     for shape in args.shapes:
         hf_cfg = SHAPES[shape]()
         hf_cfg._attn_implementation = args.attn
@@ -77,8 +89,10 @@ def main() -> None:
             t_hf.append(timed(step_hf, hf, tokens))
         n = args.batch * args.seq
         ours_tps, hf_tps = n / min(t_ours), n / min(t_hf)
-        print(f"{shape:13s} lmlab {ours_tps:8.0f} tok/s   transformers {hf_tps:8.0f} tok/s   "
-              f"ratio {ours_tps / hf_tps:.2f}x")
+        print(
+            f"{shape:13s} lmlab {ours_tps:8.0f} tok/s   transformers {hf_tps:8.0f} tok/s   "
+            f"ratio {ours_tps / hf_tps:.2f}x"
+        )
 
 
 if __name__ == "__main__":

@@ -3,24 +3,29 @@
 from __future__ import annotations
 
 import dataclasses
-import tomllib
 import types
 import typing
 from pathlib import Path
 from typing import Any, TypeVar
+
+import tomllib
 
 from lmlab.config import ConfigError, check_keys
 
 T = TypeVar("T")
 
 
-def from_toml(cls: type[T], path: str | Path | None = None, overrides: list[str] | None = None) -> T:
+def from_toml(
+    cls: type[T], path: str | Path | None = None, overrides: list[str] | None = None
+) -> T:
     """Build dataclass `cls` from its defaults, then a TOML file, then `key=value` overrides."""
     values: dict[str, Any] = {}
     if path is not None:
         p = Path(path)
         if not p.is_file():
-            raise ConfigError(f"config file {str(p)!r} does not exist; pass the path to a .toml file")
+            raise ConfigError(
+                f"config file {str(p)!r} does not exist; pass the path to a .toml file"
+            )
         try:
             values = tomllib.loads(p.read_text())
         except tomllib.TOMLDecodeError as e:
@@ -71,7 +76,9 @@ def coerce(raw: str, hint: Any, key: str = "value") -> Any:
         raise ConfigError(f"{key}={raw!r} is not a boolean; use true or false")
     if hint in (int, float):
         try:
-            return hint(float(raw)) if hint is int and raw.replace(".", "", 1).isdigit() else hint(raw)
+            return (
+                hint(float(raw)) if hint is int and raw.replace(".", "", 1).isdigit() else hint(raw)
+            )
         except ValueError:
             raise ConfigError(f"{key}={raw!r} is not a valid {hint.__name__}") from None
     if hint is typing.Any:
@@ -82,10 +89,14 @@ def coerce(raw: str, hint: Any, key: str = "value") -> Any:
 def to_toml(obj: Any) -> str:
     """Write a flat dataclass (or dict) as TOML; None values are left out (TOML has no null)."""
     d = dataclasses.asdict(obj) if dataclasses.is_dataclass(obj) else dict(obj)
-    lines = [f"{k} = {_toml_value(v)}" for k, v in d.items() if v is not None and not isinstance(v, dict)]
+    lines = [
+        f"{k} = {_toml_value(v)}" for k, v in d.items() if v is not None and not isinstance(v, dict)
+    ]
     for k, v in d.items():
         if isinstance(v, dict):
-            lines += ["", f"[{k}]"] + [f"{kk} = {_toml_value(vv)}" for kk, vv in v.items() if vv is not None]
+            lines += ["", f"[{k}]"] + [
+                f"{kk} = {_toml_value(vv)}" for kk, vv in v.items() if vv is not None
+            ]
     return "\n".join(lines) + "\n"
 
 

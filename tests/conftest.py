@@ -14,7 +14,9 @@ def shared_data() -> Path:
     """The shared data folder (`$LMLAB_DATA` or `../shared/data`); skips when it is missing."""
     d = data_dir()
     if not d.is_dir():
-        pytest.skip(f"shared data folder {d} not found; set LMLAB_DATA to the folder with tinyshakespeare.txt")
+        pytest.skip(
+            f"shared data folder {d} not found; set LMLAB_DATA to the folder with tinyshakespeare.txt"
+        )
     return d
 
 

@@ -33,7 +33,9 @@ def test_every_preset_builds_on_meta(name):
 
 def test_families_keep_their_signature_details():
     oss = preset("gpt-oss-20b")
-    assert oss.layer_types[:4] == ("sliding", "full", "sliding", "full") and oss.sliding_window == 128
+    assert (
+        oss.layer_types[:4] == ("sliding", "full", "sliding", "full") and oss.sliding_window == 128
+    )
     assert oss.attn_sinks and oss.n_kv_heads == 8 and oss.top_k == 4 and oss.rope_scaling == "yarn"
     gem = preset("gemma3-270m")
     assert gem.layer_types[:6] == ("sliding",) * 5 + ("full",) and gem.rope_local_theta == 10_000.0
@@ -80,9 +82,14 @@ def test_seed_variants_are_config_switches():
     base = preset("gpt2-tiny")
     tokens = torch.randint(0, 512, (1, 16))
     outs = {}
-    for label, change in {"mqa": dict(n_kv_heads=1), "swiglu": dict(mlp="swiglu"), "quick_gelu": dict(mlp="quick_gelu"),
-                          "rope": dict(positions="rope"), "residual_scale": dict(residual_scale=0.5),
-                          "relu2": dict(mlp="relu2")}.items():
+    for label, change in {
+        "mqa": dict(n_kv_heads=1),
+        "swiglu": dict(mlp="swiglu"),
+        "quick_gelu": dict(mlp="quick_gelu"),
+        "rope": dict(positions="rope"),
+        "residual_scale": dict(residual_scale=0.5),
+        "relu2": dict(mlp="relu2"),
+    }.items():
         torch.manual_seed(0)
         m = Transformer(base.replace(**change))
         outs[label] = m(tokens)

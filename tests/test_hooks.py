@@ -11,9 +11,23 @@ from lmlab.model import Transformer
 
 TINY = ["gpt2-tiny", "llama-tiny", "mistral-tiny", "gemma3-tiny", "gpt-oss-tiny", "bert-tiny"]
 PER_BLOCK = [
-    "hook_resid_pre", "ln1.hook_scale", "ln1.hook_normalized", "attn.hook_q", "attn.hook_k", "attn.hook_v",
-    "attn.hook_attn_scores", "attn.hook_pattern", "attn.hook_z", "attn.hook_result", "hook_attn_out",
-    "hook_resid_mid", "ln2.hook_normalized", "mlp.hook_pre", "mlp.hook_post", "hook_mlp_out", "hook_resid_post",
+    "hook_resid_pre",
+    "ln1.hook_scale",
+    "ln1.hook_normalized",
+    "attn.hook_q",
+    "attn.hook_k",
+    "attn.hook_v",
+    "attn.hook_attn_scores",
+    "attn.hook_pattern",
+    "attn.hook_z",
+    "attn.hook_result",
+    "hook_attn_out",
+    "hook_resid_mid",
+    "ln2.hook_normalized",
+    "mlp.hook_pre",
+    "mlp.hook_post",
+    "hook_mlp_out",
+    "hook_resid_post",
 ]
 
 
@@ -60,7 +74,10 @@ def test_run_with_cache_records_every_hook(name):
     B, T = tokens.shape
     H, D = m.cfg.n_heads, m.cfg.head_dim
     assert cache["pattern", 0].shape == (B, H, T, T)
-    assert torch.allclose(cache["pattern", 0].sum(-1), torch.ones(B, H, T), atol=1e-5) or m.cfg.attn_sinks
+    assert (
+        torch.allclose(cache["pattern", 0].sum(-1), torch.ones(B, H, T), atol=1e-5)
+        or m.cfg.attn_sinks
+    )
     assert cache["z", 0].shape == (B, T, H, D)
     assert cache["k", 0].shape == (B, T, m.cfg.n_kv_heads, D)
     assert cache["result", 0].shape == (B, T, H, m.cfg.d_model)
@@ -95,7 +112,9 @@ def test_editing_hook_changes_output_and_removal_restores_bits(name):
             return z
 
         edited = m.run_with_hooks(tokens, fwd_hooks=[("blocks.0.attn.hook_z", zero_head)])
-        doubled = m.run_with_hooks(tokens, fwd_hooks=[("blocks.1.hook_resid_pre", lambda x, h: 2 * x)])
+        doubled = m.run_with_hooks(
+            tokens, fwd_hooks=[("blocks.1.hook_resid_pre", lambda x, h: 2 * x)]
+        )
         after = m(tokens)
     assert (edited - before).abs().max() > 1e-4
     assert (doubled - before).abs().max() > 1e-4
@@ -110,7 +129,9 @@ def test_hooks_removed_when_forward_raises():
         raise RuntimeError("hook failed")
 
     with pytest.raises(RuntimeError, match="hook failed"):
-        m.run_with_hooks(tokens, fwd_hooks=[("blocks.1.hook_resid_pre", boom), ("hook_embed", lambda x, h: None)])
+        m.run_with_hooks(
+            tokens, fwd_hooks=[("blocks.1.hook_resid_pre", boom), ("hook_embed", lambda x, h: None)]
+        )
     assert not any(hp.active for hp in m.hook_dict.values())
     with pytest.raises(RuntimeError), m.hooks(fwd_hooks=[("blocks.0.mlp.hook_post", boom)]):
         m(tokens)
@@ -120,7 +141,9 @@ def test_hooks_removed_when_forward_raises():
 def test_backward_hooks_see_gradients():
     m, tokens = model_and_tokens("gpt2-tiny")
     grads = {}
-    out = m.run_with_hooks(tokens, bwd_hooks=[("blocks.0.hook_resid_post", lambda g, h: grads.setdefault(h.name, g))])
+    out = m.run_with_hooks(
+        tokens, bwd_hooks=[("blocks.0.hook_resid_post", lambda g, h: grads.setdefault(h.name, g))]
+    )
     out.sum().backward()
     g = grads["blocks.0.hook_resid_post"]
     assert g.shape == (2, 20, m.cfg.d_model) and g.abs().sum() > 0
@@ -136,7 +159,9 @@ def test_moe_hooks_show_each_tokens_experts():
     # editing one expert slot's activations changes the output
     with torch.no_grad():
         base = m(tokens)
-        zeroed = m.run_with_hooks(tokens, fwd_hooks=[("blocks.0.mlp.hook_post", lambda x, h: torch.zeros_like(x))])
+        zeroed = m.run_with_hooks(
+            tokens, fwd_hooks=[("blocks.0.mlp.hook_post", lambda x, h: torch.zeros_like(x))]
+        )
     assert (zeroed - base).abs().max() > 1e-4
 
 
@@ -149,7 +174,7 @@ def test_stop_at_layer_returns_residual():
 
 def test_bad_hook_names_suggest_near_ones():
     m, tokens = model_and_tokens("gpt2-tiny")
-    with pytest.raises(HookError, match="blocks.0.attn.hook_pattern"):
+    with pytest.raises(HookError, match=r"blocks\.0\.attn\.hook_pattern"):
         m.run_with_hooks(tokens, fwd_hooks=[("blocks.0.attn.hook_patern", lambda x, h: None)])
     with pytest.raises(HookError, match="matched no hook point"):
         m.run_with_cache(tokens, names_filter=lambda n: "nothing" in n)

@@ -24,45 +24,103 @@ def _gpt2():
 
 
 def _llama():
-    return transformers.LlamaConfig(vocab_size=300, hidden_size=64, intermediate_size=160, num_hidden_layers=3,
-                                     num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-                                     rope_theta=10000.0)
+    return transformers.LlamaConfig(
+        vocab_size=300,
+        hidden_size=64,
+        intermediate_size=160,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        rope_theta=10000.0,
+    )
 
 
 def _llama3_rope():
-    return transformers.LlamaConfig(vocab_size=300, hidden_size=64, intermediate_size=160, num_hidden_layers=2,
-                                     num_attention_heads=4, num_key_value_heads=1, max_position_embeddings=512,
-                                     rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
-                                                   "high_freq_factor": 4.0, "original_max_position_embeddings": 32},
-                                     rope_theta=500000.0, tie_word_embeddings=True)
+    return transformers.LlamaConfig(
+        vocab_size=300,
+        hidden_size=64,
+        intermediate_size=160,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=1,
+        max_position_embeddings=512,
+        rope_scaling={
+            "rope_type": "llama3",
+            "factor": 8.0,
+            "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0,
+            "original_max_position_embeddings": 32,
+        },
+        rope_theta=500000.0,
+        tie_word_embeddings=True,
+    )
 
 
 def _mistral():
-    return transformers.MistralConfig(vocab_size=300, hidden_size=64, intermediate_size=160, num_hidden_layers=3,
-                                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-                                       sliding_window=7)
+    return transformers.MistralConfig(
+        vocab_size=300,
+        hidden_size=64,
+        intermediate_size=160,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        sliding_window=7,
+    )
 
 
 def _gemma3():
-    return transformers.Gemma3TextConfig(vocab_size=300, hidden_size=64, intermediate_size=160, num_hidden_layers=6,
-                                         num_attention_heads=4, num_key_value_heads=1, head_dim=32,
-                                         max_position_embeddings=256, sliding_window=6, query_pre_attn_scalar=32,
-                                         rope_theta=1_000_000.0, rope_local_base_freq=10_000.0)
+    return transformers.Gemma3TextConfig(
+        vocab_size=300,
+        hidden_size=64,
+        intermediate_size=160,
+        num_hidden_layers=6,
+        num_attention_heads=4,
+        num_key_value_heads=1,
+        head_dim=32,
+        max_position_embeddings=256,
+        sliding_window=6,
+        query_pre_attn_scalar=32,
+        rope_theta=1_000_000.0,
+        rope_local_base_freq=10_000.0,
+    )
 
 
 def _gpt_oss():
-    return transformers.GptOssConfig(vocab_size=300, hidden_size=64, intermediate_size=64, num_hidden_layers=2,
-                                     num_attention_heads=4, num_key_value_heads=2, head_dim=16, num_local_experts=4,
-                                     num_experts_per_tok=2, sliding_window=6, max_position_embeddings=512,
-                                     rope_scaling={"rope_type": "yarn", "factor": 32.0, "beta_fast": 32.0,
-                                                   "beta_slow": 1.0, "truncate": False,
-                                                   "original_max_position_embeddings": 64},
-                                     rope_theta=150000.0)
+    return transformers.GptOssConfig(
+        vocab_size=300,
+        hidden_size=64,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        num_local_experts=4,
+        num_experts_per_tok=2,
+        sliding_window=6,
+        max_position_embeddings=512,
+        rope_scaling={
+            "rope_type": "yarn",
+            "factor": 32.0,
+            "beta_fast": 32.0,
+            "beta_slow": 1.0,
+            "truncate": False,
+            "original_max_position_embeddings": 64,
+        },
+        rope_theta=150000.0,
+    )
 
 
 def _bert():
-    return transformers.BertConfig(vocab_size=300, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
-                                   intermediate_size=128, max_position_embeddings=128)
+    return transformers.BertConfig(
+        vocab_size=300,
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=128,
+        max_position_embeddings=128,
+    )
 
 
 FAMILIES = {
@@ -82,7 +140,12 @@ def _randomize(model: torch.nn.Module) -> None:
     with torch.no_grad():
         for name, p in model.named_parameters():
             scale = 0.5 if "sinks" in name else (0.1 if p.dim() < 2 else 0.08)
-            base = 1.0 if ("norm" in name.lower() and "gemma" not in type(model).__name__.lower()) and p.dim() == 1 else 0.0
+            base = (
+                1.0
+                if ("norm" in name.lower() and "gemma" not in type(model).__name__.lower())
+                and p.dim() == 1
+                else 0.0
+            )
             p.copy_(base + scale * torch.randn(p.shape, generator=g))
 
 
@@ -136,7 +199,10 @@ def test_logits_match_with_hooks_explicit_path(family):
     tokens, mask = batch(family)
     ref = hf_out(hf, family, tokens, mask)
     seen = []
-    hooks = [(f"blocks.{i}.attn.hook_pattern", lambda x, h: seen.append(h.name)) for i in range(ours.cfg.n_layers)]
+    hooks = [
+        (f"blocks.{i}.attn.hook_pattern", lambda x, h: seen.append(h.name))
+        for i in range(ours.cfg.n_layers)
+    ]
     with torch.no_grad():
         got = ours.run_with_hooks(tokens, attention_mask=mask, fwd_hooks=hooks)
     assert len(seen) == ours.cfg.n_layers
@@ -162,9 +228,16 @@ def test_gpt_oss_sequence_longer_than_window_uses_several_experts():
     tokens, mask = batch("gpt-oss", T=40)
     assert tokens.shape[1] > ours.cfg.sliding_window
     _, cache = ours.run_with_cache(tokens, names_filter=lambda n: n.endswith("expert_indices"))
-    used = torch.unique(torch.cat([cache["expert_indices", i].flatten() for i in range(ours.cfg.n_layers)]))
+    used = torch.unique(
+        torch.cat([cache["expert_indices", i].flatten() for i in range(ours.cfg.n_layers)])
+    )
     assert used.numel() == ours.cfg.n_experts
-    assert max_diff(ours(tokens, attention_mask=mask).detach(), hf_out(hf, "gpt-oss", tokens, mask), mask) <= TOL_F32
+    assert (
+        max_diff(
+            ours(tokens, attention_mask=mask).detach(), hf_out(hf, "gpt-oss", tokens, mask), mask
+        )
+        <= TOL_F32
+    )
 
 
 @pytest.mark.parametrize("family", ["gpt2", "llama", "mistral", "gemma3", "gpt-oss", "bert"])

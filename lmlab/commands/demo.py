@@ -14,7 +14,9 @@ HELP = "build a model preset, run a forward pass with a cache, print hook names 
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--preset", default="gpt2-tiny", help="model preset (see `lmlab list --presets`)")
+    p.add_argument(
+        "--preset", default="gpt2-tiny", help="model preset (see `lmlab list --presets`)"
+    )
     p.add_argument("--seq", type=int, default=32, help="tokens in the random input")
 
 
@@ -28,11 +30,15 @@ def main(args: argparse.Namespace) -> int:
         out, cache = model.run_with_cache(tokens)
     ms = (time.perf_counter() - t0) * 1e3
     names = model.hook_names()
-    print(f"preset {args.preset}: {cfg.family}, {model.num_params():,} parameters, "
-          f"{cfg.n_layers} layers, d_model {cfg.d_model}")
+    print(
+        f"preset {args.preset}: {cfg.family}, {model.num_params():,} parameters, "
+        f"{cfg.n_layers} layers, d_model {cfg.d_model}"
+    )
     print(f"{len(names)} hook points; blocks.0 has:")
     for n in names:
         if n.startswith("blocks.0.") or not n.startswith("blocks."):
             print(f"  {n:36s} {tuple(cache[n].shape) if n in cache else ''}")
-    print(f"forward with full cache on {tuple(tokens.shape)} tokens: {ms:.1f} ms, output {tuple(out.shape)}")
+    print(
+        f"forward with full cache on {tuple(tokens.shape)} tokens: {ms:.1f} ms, output {tuple(out.shape)}"
+    )
     return 0

@@ -17,8 +17,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("recipe", help="recipe name (see `lmlab list`)")
     p.add_argument("--config", default=None, help="TOML file with recipe settings")
     p.add_argument("--out", default="runs", help="root folder for run folders (default: runs)")
-    p.add_argument("--show-config", action="store_true", help="print the resolved settings and exit")
-    p.add_argument("overrides", nargs=argparse.REMAINDER, help="--key=value settings")
+    p.add_argument(
+        "--show-config", action="store_true", help="print the resolved settings and exit"
+    )
+    p.add_argument("overrides", nargs="*", help="--key=value settings")
 
 
 def main(args: argparse.Namespace) -> int:

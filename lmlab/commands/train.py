@@ -21,7 +21,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "overrides",
-        nargs=argparse.REMAINDER,
+        nargs="*",
         help="--key=value TrainConfig fields; --model.FIELD=value model fields; --data.KEY=value task "
         "options; --resume continues from out_dir/ckpt.pt",
     )

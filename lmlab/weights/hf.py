@@ -25,35 +25,79 @@ def config_from_hf(hf: dict[str, Any], name: str | None = None) -> Config:
     if mt == "gemma3" and "text_config" in hf:  # multimodal wrapper: take the language model
         hf, mt = {**hf["text_config"], "model_type": "gemma3_text"}, "gemma3_text"
     if mt not in _MODEL_TYPES:
-        raise ConfigError(f"model_type {mt!r} is not supported; supported: {', '.join(_MODEL_TYPES)}")
+        raise ConfigError(
+            f"model_type {mt!r} is not supported; supported: {', '.join(_MODEL_TYPES)}"
+        )
     name = name or hf.get("_name_or_path") or mt
     ids = {k: _first(hf.get(k)) for k in ("bos_token_id", "eos_token_id", "pad_token_id")}
     if mt == "gpt2":
-        return Config(name=name, family="gpt2", vocab_size=hf["vocab_size"], d_model=hf["n_embd"],
-                      n_layers=hf["n_layer"], n_heads=hf["n_head"], d_ff=hf.get("n_inner") or 4 * hf["n_embd"],
-                      max_seq_len=hf["n_positions"], norm="layernorm", norm_eps=hf.get("layer_norm_epsilon", 1e-5),
-                      positions="learned", mlp=_act(hf.get("activation_function", "gelu_new")),
-                      attn_qkv_bias=True, attn_out_bias=True, mlp_bias=True,
-                      tie_embeddings=hf.get("tie_word_embeddings", True), **ids)
+        return Config(
+            name=name,
+            family="gpt2",
+            vocab_size=hf["vocab_size"],
+            d_model=hf["n_embd"],
+            n_layers=hf["n_layer"],
+            n_heads=hf["n_head"],
+            d_ff=hf.get("n_inner") or 4 * hf["n_embd"],
+            max_seq_len=hf["n_positions"],
+            norm="layernorm",
+            norm_eps=hf.get("layer_norm_epsilon", 1e-5),
+            positions="learned",
+            mlp=_act(hf.get("activation_function", "gelu_new")),
+            attn_qkv_bias=True,
+            attn_out_bias=True,
+            mlp_bias=True,
+            tie_embeddings=hf.get("tie_word_embeddings", True),
+            **ids,
+        )
     if mt == "bert":
-        return Config(name=name, family="bert", vocab_size=hf["vocab_size"], d_model=hf["hidden_size"],
-                      n_layers=hf["num_hidden_layers"], n_heads=hf["num_attention_heads"],
-                      d_ff=hf["intermediate_size"], max_seq_len=hf["max_position_embeddings"], norm="layernorm",
-                      norm_eps=hf.get("layer_norm_eps", 1e-12), post_norm=True, embed_norm=True,
-                      positions="learned", causal=False, mlp=_act(hf.get("hidden_act", "gelu")),
-                      attn_qkv_bias=True, attn_out_bias=True, mlp_bias=True,
-                      type_vocab_size=hf.get("type_vocab_size", 2), pooler=True, lm_head=False,
-                      tie_embeddings=False, **ids)
+        return Config(
+            name=name,
+            family="bert",
+            vocab_size=hf["vocab_size"],
+            d_model=hf["hidden_size"],
+            n_layers=hf["num_hidden_layers"],
+            n_heads=hf["num_attention_heads"],
+            d_ff=hf["intermediate_size"],
+            max_seq_len=hf["max_position_embeddings"],
+            norm="layernorm",
+            norm_eps=hf.get("layer_norm_eps", 1e-12),
+            post_norm=True,
+            embed_norm=True,
+            positions="learned",
+            causal=False,
+            mlp=_act(hf.get("hidden_act", "gelu")),
+            attn_qkv_bias=True,
+            attn_out_bias=True,
+            mlp_bias=True,
+            type_vocab_size=hf.get("type_vocab_size", 2),
+            pooler=True,
+            lm_head=False,
+            tie_embeddings=False,
+            **ids,
+        )
     # Llama-like decoders: llama, mistral, gemma3, gpt-oss
     d, heads = hf["hidden_size"], hf["num_attention_heads"]
     L = hf["num_hidden_layers"]
     kw: dict[str, Any] = dict(
-        name=name, vocab_size=hf["vocab_size"], d_model=d, n_layers=L, n_heads=heads,
-        n_kv_heads=hf.get("num_key_value_heads") or heads, head_dim=hf.get("head_dim") or d // heads,
-        d_ff=hf["intermediate_size"], max_seq_len=hf.get("max_position_embeddings", 2048), norm="rmsnorm",
-        norm_eps=hf.get("rms_norm_eps", 1e-6), norm_bias=False, positions="rope",
-        attn_qkv_bias=hf.get("attention_bias", False), attn_out_bias=hf.get("attention_bias", False),
-        mlp="swiglu", mlp_bias=hf.get("mlp_bias", False), tie_embeddings=hf.get("tie_word_embeddings", False),
+        name=name,
+        vocab_size=hf["vocab_size"],
+        d_model=d,
+        n_layers=L,
+        n_heads=heads,
+        n_kv_heads=hf.get("num_key_value_heads") or heads,
+        head_dim=hf.get("head_dim") or d // heads,
+        d_ff=hf["intermediate_size"],
+        max_seq_len=hf.get("max_position_embeddings", 2048),
+        norm="rmsnorm",
+        norm_eps=hf.get("rms_norm_eps", 1e-6),
+        norm_bias=False,
+        positions="rope",
+        attn_qkv_bias=hf.get("attention_bias", False),
+        attn_out_bias=hf.get("attention_bias", False),
+        mlp="swiglu",
+        mlp_bias=hf.get("mlp_bias", False),
+        tie_embeddings=hf.get("tie_word_embeddings", False),
         **ids,
     )
     rope = _rope_params(hf)
@@ -65,15 +109,25 @@ def config_from_hf(hf: dict[str, Any], name: str | None = None) -> Config:
         kw["family"] = "llama"
         kw["mlp"] = _act(hf.get("hidden_act", "silu"), gated=True)
     elif mt == "mistral":
-        kw.update(family="mistral", mlp=_act(hf.get("hidden_act", "silu"), gated=True), sliding_window=window)
+        kw.update(
+            family="mistral",
+            mlp=_act(hf.get("hidden_act", "silu"), gated=True),
+            sliding_window=window,
+        )
     elif mt == "gemma3_text":
         local = rope.get("sliding_attention", {})
         glob = rope.get("full_attention", rope)
         kw.update(
-            family="gemma3", norm="rmsnorm_gemma", sandwich_norm=True, qk_norm=True, embed_scale=True,
-            mlp=_act(hf.get("hidden_activation", "gelu_pytorch_tanh"), gated=True), sliding_window=window,
+            family="gemma3",
+            norm="rmsnorm_gemma",
+            sandwich_norm=True,
+            qk_norm=True,
+            embed_scale=True,
+            mlp=_act(hf.get("hidden_activation", "gelu_pytorch_tanh"), gated=True),
+            sliding_window=window,
             attn_scale=hf.get("query_pre_attn_scalar", kw["head_dim"]) ** -0.5,
-            attn_softcap=hf.get("attn_logit_softcapping"), final_softcap=hf.get("final_logit_softcapping"),
+            attn_softcap=hf.get("attn_logit_softcapping"),
+            final_softcap=hf.get("final_logit_softcapping"),
             rope_theta=glob.get("rope_theta", hf.get("rope_theta", 1_000_000.0)),
             rope_local_theta=local.get("rope_theta", hf.get("rope_local_base_freq", 10_000.0)),
             tie_embeddings=hf.get("tie_word_embeddings", True),
@@ -81,11 +135,22 @@ def config_from_hf(hf: dict[str, Any], name: str | None = None) -> Config:
         kw.update(_rope_scaling(glob))
         kw["sliding_window_pattern"] = hf.get("sliding_window_pattern", 6)
     elif mt == "gpt_oss":
-        kw.update(family="gpt-oss", mlp="swiglu_clamped", mlp_bias=True, attn_sinks=True, n_experts=hf["num_local_experts"],
-                  top_k=hf.get("num_experts_per_tok", 4), router_bias=True, sliding_window=window,
-                  swiglu_limit=hf.get("swiglu_limit", 7.0), swiglu_alpha=hf.get("swiglu_alpha", 1.702))
+        kw.update(
+            family="gpt-oss",
+            mlp="swiglu_clamped",
+            mlp_bias=True,
+            attn_sinks=True,
+            n_experts=hf["num_local_experts"],
+            top_k=hf.get("num_experts_per_tok", 4),
+            router_bias=True,
+            sliding_window=window,
+            swiglu_limit=hf.get("swiglu_limit", 7.0),
+            swiglu_alpha=hf.get("swiglu_alpha", 1.702),
+        )
     if layer_types is not None:
-        kw["layer_types"] = tuple("sliding" if t == "sliding_attention" else "full" for t in layer_types)
+        kw["layer_types"] = tuple(
+            "sliding" if t == "sliding_attention" else "full" for t in layer_types
+        )
     elif kw.get("sliding_window") is None:
         kw["layer_types"] = ("full",) * L
     if kw.get("sliding_window") is None and "sliding" in kw.get("layer_types", ()):
@@ -98,8 +163,16 @@ def _first(x: Any) -> int | None:
 
 
 def _act(name: str, gated: bool = False) -> str:
-    table = {"gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "gelu": "gelu", "relu": "relu",
-             "quick_gelu": "quick_gelu", "silu": "swiglu", "swish": "swiglu", "gelu_fast": "gelu_tanh"}
+    table = {
+        "gelu_new": "gelu_tanh",
+        "gelu_pytorch_tanh": "gelu_tanh",
+        "gelu": "gelu",
+        "relu": "relu",
+        "quick_gelu": "quick_gelu",
+        "silu": "swiglu",
+        "swish": "swiglu",
+        "gelu_fast": "gelu_tanh",
+    }
     if name not in table:
         raise ConfigError(f"activation {name!r} is not supported; supported: {', '.join(table)}")
     act = table[name]
@@ -124,16 +197,24 @@ def _rope_scaling(rope: dict[str, Any]) -> dict[str, Any]:
     if kind in (None, "default"):
         return {"rope_scaling": None, "rope_factor": 1.0}
     if kind not in ("linear", "llama3", "yarn"):
-        raise ConfigError(f"rope scaling {kind!r} is not supported; supported: linear, llama3, yarn")
+        raise ConfigError(
+            f"rope scaling {kind!r} is not supported; supported: linear, llama3, yarn"
+        )
     out: dict[str, Any] = {"rope_scaling": kind, "rope_factor": float(rope.get("factor", 1.0))}
     if kind in ("llama3", "yarn"):
         out["rope_original_max_seq_len"] = int(rope["original_max_position_embeddings"])
     if kind == "llama3":
-        out.update(rope_low_freq_factor=rope.get("low_freq_factor", 1.0),
-                   rope_high_freq_factor=rope.get("high_freq_factor", 4.0))
+        out.update(
+            rope_low_freq_factor=rope.get("low_freq_factor", 1.0),
+            rope_high_freq_factor=rope.get("high_freq_factor", 4.0),
+        )
     if kind == "yarn":
-        out.update(yarn_beta_fast=rope.get("beta_fast") or 32.0, yarn_beta_slow=rope.get("beta_slow") or 1.0,
-                   yarn_truncate=rope.get("truncate", True), yarn_attention_factor=rope.get("attention_factor"))
+        out.update(
+            yarn_beta_fast=rope.get("beta_fast") or 32.0,
+            yarn_beta_slow=rope.get("beta_slow") or 1.0,
+            yarn_truncate=rope.get("truncate", True),
+            yarn_attention_factor=rope.get("attention_factor"),
+        )
     return out
 
 
@@ -149,46 +230,89 @@ def _renames(cfg: Config) -> dict[str, str]:
         b = f"blocks.{i}."
         if fam == "gpt2":
             h = f"h.{i}."
-            m |= {h + "ln_1.weight": b + "ln1.weight", h + "ln_1.bias": b + "ln1.bias",
-                  h + "ln_2.weight": b + "ln2.weight", h + "ln_2.bias": b + "ln2.bias",
-                  h + "attn.c_proj.bias": b + "attn.o.bias", h + "mlp.c_fc.bias": b + "mlp.up.bias",
-                  h + "mlp.c_proj.bias": b + "mlp.down.bias"}
+            m |= {
+                h + "ln_1.weight": b + "ln1.weight",
+                h + "ln_1.bias": b + "ln1.bias",
+                h + "ln_2.weight": b + "ln2.weight",
+                h + "ln_2.bias": b + "ln2.bias",
+                h + "attn.c_proj.bias": b + "attn.o.bias",
+                h + "mlp.c_fc.bias": b + "mlp.up.bias",
+                h + "mlp.c_proj.bias": b + "mlp.down.bias",
+            }
         elif fam == "bert":
             h = f"encoder.layer.{i}."
-            for hf_n, ours in (("attention.self.query", "attn.q"), ("attention.self.key", "attn.k"),
-                               ("attention.self.value", "attn.v"), ("attention.output.dense", "attn.o"),
-                               ("attention.output.LayerNorm", "ln1"), ("intermediate.dense", "mlp.up"),
-                               ("output.dense", "mlp.down"), ("output.LayerNorm", "ln2")):
-                m |= {f"{h}{hf_n}.weight": f"{b}{ours}.weight", f"{h}{hf_n}.bias": f"{b}{ours}.bias"}
+            for hf_n, ours in (
+                ("attention.self.query", "attn.q"),
+                ("attention.self.key", "attn.k"),
+                ("attention.self.value", "attn.v"),
+                ("attention.output.dense", "attn.o"),
+                ("attention.output.LayerNorm", "ln1"),
+                ("intermediate.dense", "mlp.up"),
+                ("output.dense", "mlp.down"),
+                ("output.LayerNorm", "ln2"),
+            ):
+                m |= {
+                    f"{h}{hf_n}.weight": f"{b}{ours}.weight",
+                    f"{h}{hf_n}.bias": f"{b}{ours}.bias",
+                }
         else:  # llama-like
             h = f"model.layers.{i}."
-            pairs = [("self_attn.q_proj", "attn.q"), ("self_attn.k_proj", "attn.k"), ("self_attn.v_proj", "attn.v"),
-                     ("self_attn.o_proj", "attn.o"), ("input_layernorm", "ln1")]
+            pairs = [
+                ("self_attn.q_proj", "attn.q"),
+                ("self_attn.k_proj", "attn.k"),
+                ("self_attn.v_proj", "attn.v"),
+                ("self_attn.o_proj", "attn.o"),
+                ("input_layernorm", "ln1"),
+            ]
             if fam == "gemma3":
-                pairs += [("post_attention_layernorm", "ln1_post"), ("pre_feedforward_layernorm", "ln2"),
-                          ("post_feedforward_layernorm", "ln2_post"), ("self_attn.q_norm", "attn.q_norm"),
-                          ("self_attn.k_norm", "attn.k_norm")]
+                pairs += [
+                    ("post_attention_layernorm", "ln1_post"),
+                    ("pre_feedforward_layernorm", "ln2"),
+                    ("post_feedforward_layernorm", "ln2_post"),
+                    ("self_attn.q_norm", "attn.q_norm"),
+                    ("self_attn.k_norm", "attn.k_norm"),
+                ]
             else:
                 pairs += [("post_attention_layernorm", "ln2")]
             if fam == "gpt-oss":
                 pairs += [("mlp.router", "mlp.router")]
                 m[h + "self_attn.sinks"] = b + "attn.sinks"
             else:
-                pairs += [("mlp.gate_proj", "mlp.gate"), ("mlp.up_proj", "mlp.up"), ("mlp.down_proj", "mlp.down")]
+                pairs += [
+                    ("mlp.gate_proj", "mlp.gate"),
+                    ("mlp.up_proj", "mlp.up"),
+                    ("mlp.down_proj", "mlp.down"),
+                ]
             for hf_n, ours in pairs:
-                m |= {f"{h}{hf_n}.weight": f"{b}{ours}.weight", f"{h}{hf_n}.bias": f"{b}{ours}.bias"}
+                m |= {
+                    f"{h}{hf_n}.weight": f"{b}{ours}.weight",
+                    f"{h}{hf_n}.bias": f"{b}{ours}.bias",
+                }
     if fam == "gpt2":
-        m |= {"wte.weight": "embed.weight", "wpe.weight": "pos_embed.weight", "ln_f.weight": "ln_final.weight",
-              "ln_f.bias": "ln_final.bias", "lm_head.weight": "unembed.weight"}
+        m |= {
+            "wte.weight": "embed.weight",
+            "wpe.weight": "pos_embed.weight",
+            "ln_f.weight": "ln_final.weight",
+            "ln_f.bias": "ln_final.bias",
+            "lm_head.weight": "unembed.weight",
+        }
     elif fam == "bert":
         e = "embeddings."
-        m |= {e + "word_embeddings.weight": "embed.weight", e + "position_embeddings.weight": "pos_embed.weight",
-              e + "token_type_embeddings.weight": "token_type_embed.weight", e + "LayerNorm.weight": "embed_norm.weight",
-              e + "LayerNorm.bias": "embed_norm.bias", "pooler.dense.weight": "pooler.weight",
-              "pooler.dense.bias": "pooler.bias"}
+        m |= {
+            e + "word_embeddings.weight": "embed.weight",
+            e + "position_embeddings.weight": "pos_embed.weight",
+            e + "token_type_embeddings.weight": "token_type_embed.weight",
+            e + "LayerNorm.weight": "embed_norm.weight",
+            e + "LayerNorm.bias": "embed_norm.bias",
+            "pooler.dense.weight": "pooler.weight",
+            "pooler.dense.bias": "pooler.bias",
+        }
     else:
-        m |= {"model.embed_tokens.weight": "embed.weight", "model.norm.weight": "ln_final.weight",
-              "lm_head.weight": "unembed.weight"}
+        m |= {
+            "model.embed_tokens.weight": "embed.weight",
+            "model.norm.weight": "ln_final.weight",
+            "lm_head.weight": "unembed.weight",
+        }
     return m
 
 
@@ -197,7 +321,9 @@ _PREFIXES = {  # wrappers around the bare model, stripped before mapping
     "bert": ("bert.",),
     "gemma3": ("model.language_model.", "language_model.model."),
 }
-_IGNORED = re.compile(r"(\.attn\.bias|\.attn\.masked_bias|position_ids|rotary_emb\.inv_freq|^cls\.)$|^cls\.")
+_IGNORED = re.compile(
+    r"(\.attn\.bias|\.attn\.masked_bias|position_ids|rotary_emb\.inv_freq|^cls\.)$|^cls\."
+)
 
 
 def _normalize(sd: Tensors, cfg: Config) -> Tensors:
@@ -206,7 +332,7 @@ def _normalize(sd: Tensors, cfg: Config) -> Tensors:
     for k, v in sd.items():
         for p in _PREFIXES.get(cfg.family, ()):
             if k.startswith(p):
-                k = ("model." + k[len(p):]) if cfg.family == "gemma3" else k[len(p):]
+                k = ("model." + k[len(p) :]) if cfg.family == "gemma3" else k[len(p) :]
                 break
         if _IGNORED.search(k):
             continue
@@ -226,8 +352,10 @@ def hf_to_lmlab(sd: Tensors, cfg: Config) -> Tensors:
         elif not _special_to_lmlab(k, v, cfg, out):
             unknown.append(k)
     if unknown:
-        raise KeyError(f"{len(unknown)} tensors have no place in a {cfg.family} model, e.g. {unknown[:5]}; "
-                       "is this checkpoint really of that family?")
+        raise KeyError(
+            f"{len(unknown)} tensors have no place in a {cfg.family} model, e.g. {unknown[:5]}; "
+            "is this checkpoint really of that family?"
+        )
     if cfg.tie_embeddings:
         out.pop("unembed.weight", None)
     return out
@@ -236,7 +364,9 @@ def hf_to_lmlab(sd: Tensors, cfg: Config) -> Tensors:
 def _special_to_lmlab(k: str, v: torch.Tensor, cfg: Config, out: Tensors) -> bool:
     """Tensors that need reshaping, not only renaming. Returns False if `k` is unknown."""
     if cfg.family == "gpt2":
-        m = re.fullmatch(r"h\.(\d+)\.(attn\.c_attn|attn\.c_proj|mlp\.c_fc|mlp\.c_proj)\.(weight|bias)", k)
+        m = re.fullmatch(
+            r"h\.(\d+)\.(attn\.c_attn|attn\.c_proj|mlp\.c_fc|mlp\.c_proj)\.(weight|bias)", k
+        )
         if not m:
             return False
         i, mod, kind = m.groups()
@@ -252,7 +382,10 @@ def _special_to_lmlab(k: str, v: torch.Tensor, cfg: Config, out: Tensors) -> boo
             return True
         return False
     if cfg.family == "gpt-oss":
-        m = re.fullmatch(r"model\.layers\.(\d+)\.mlp\.experts\.(gate_up_proj|gate_up_proj_bias|down_proj|down_proj_bias)", k)
+        m = re.fullmatch(
+            r"model\.layers\.(\d+)\.mlp\.experts\.(gate_up_proj|gate_up_proj_bias|down_proj|down_proj_bias)",
+            k,
+        )
         if not m:
             return False
         b = f"blocks.{m.group(1)}.mlp."
@@ -261,7 +394,10 @@ def _special_to_lmlab(k: str, v: torch.Tensor, cfg: Config, out: Tensors) -> boo
             out[b + "gate"] = v[..., ::2].transpose(1, 2).contiguous()
             out[b + "up"] = v[..., 1::2].transpose(1, 2).contiguous()
         elif kind == "gate_up_proj_bias":
-            out[b + "gate_bias"], out[b + "up_bias"] = v[..., ::2].contiguous(), v[..., 1::2].contiguous()
+            out[b + "gate_bias"], out[b + "up_bias"] = (
+                v[..., ::2].contiguous(),
+                v[..., 1::2].contiguous(),
+            )
         elif kind == "down_proj":  # [E, f, d]
             out[b + "down"] = v.transpose(1, 2).contiguous()
         else:
@@ -278,8 +414,11 @@ def lmlab_to_hf(sd: Tensors, cfg: Config) -> Tensors:
         if k in inverse:
             out[inverse[k]] = v
             continue
-        m = re.fullmatch(r"blocks\.(\d+)\.(attn\.[qkvo]|mlp\.up|mlp\.down|mlp\.gate|mlp\.up_bias|mlp\.gate_bias|"
-                         r"mlp\.down_bias)(?:\.(weight|bias))?", k)
+        m = re.fullmatch(
+            r"blocks\.(\d+)\.(attn\.[qkvo]|mlp\.up|mlp\.down|mlp\.gate|mlp\.up_bias|mlp\.gate_bias|"
+            r"mlp\.down_bias)(?:\.(weight|bias))?",
+            k,
+        )
         if not m:
             raise KeyError(f"no transformers name for {k!r} in family {cfg.family}")
         i, mod, kind = m.groups()
@@ -288,7 +427,9 @@ def lmlab_to_hf(sd: Tensors, cfg: Config) -> Tensors:
                 if mod == "attn.q":
                     parts = [sd[f"blocks.{i}.attn.{n}.{kind}"] for n in "qkv"]
                     fused = torch.cat(parts, 0)
-                    out[f"h.{i}.attn.c_attn.{kind}"] = fused.t().contiguous() if kind == "weight" else fused
+                    out[f"h.{i}.attn.c_attn.{kind}"] = (
+                        fused.t().contiguous() if kind == "weight" else fused
+                    )
                 continue
             hf_mod = {"attn.o": "attn.c_proj", "mlp.up": "mlp.c_fc", "mlp.down": "mlp.c_proj"}[mod]
             out[f"h.{i}.{hf_mod}.weight"] = v.t().contiguous()
@@ -296,9 +437,13 @@ def lmlab_to_hf(sd: Tensors, cfg: Config) -> Tensors:
             p = f"model.layers.{i}.mlp.experts."
             if mod == "mlp.gate":
                 up = sd[f"blocks.{i}.mlp.up"]
-                out[p + "gate_up_proj"] = torch.stack([v, up], -1).flatten(-2).transpose(1, 2).contiguous()
+                out[p + "gate_up_proj"] = (
+                    torch.stack([v, up], -1).flatten(-2).transpose(1, 2).contiguous()
+                )
             elif mod == "mlp.gate_bias":
-                out[p + "gate_up_proj_bias"] = torch.stack([v, sd[f"blocks.{i}.mlp.up_bias"]], -1).flatten(-2)
+                out[p + "gate_up_proj_bias"] = torch.stack(
+                    [v, sd[f"blocks.{i}.mlp.up_bias"]], -1
+                ).flatten(-2)
             elif mod == "mlp.down":
                 out[p + "down_proj"] = v.transpose(1, 2).contiguous()
             elif mod == "mlp.down_bias":
@@ -306,7 +451,10 @@ def lmlab_to_hf(sd: Tensors, cfg: Config) -> Tensors:
         else:
             raise KeyError(f"no transformers name for {k!r} in family {cfg.family}")
     if cfg.family == "gpt2":
-        out = {("lm_head.weight" if k == "lm_head.weight" else "transformer." + k): v for k, v in out.items()}
+        out = {
+            ("lm_head.weight" if k == "lm_head.weight" else "transformer." + k): v
+            for k, v in out.items()
+        }
     if cfg.tie_embeddings:
         out.pop("lm_head.weight", None)
     return out
@@ -324,14 +472,18 @@ def load_state_dict(model: torch.nn.Module, hf_sd: Tensors, *, strict: bool = Tr
         expected.pop("unembed.weight", None)
     for k, v in ours.items():
         if k not in expected:
-            raise KeyError(f"converted tensor {k!r} does not exist in this model ({cfg.name}); the checkpoint "
-                           "was made for a different architecture")
+            raise KeyError(
+                f"converted tensor {k!r} does not exist in this model ({cfg.name}); the checkpoint "
+                "was made for a different architecture"
+            )
         if expected[k].shape != v.shape:
-            raise ValueError(f"{k}: checkpoint shape {tuple(v.shape)} != model shape {tuple(expected[k].shape)}; "
-                             "the config does not match these weights")
+            raise ValueError(
+                f"{k}: checkpoint shape {tuple(v.shape)} != model shape {tuple(expected[k].shape)}; "
+                "the config does not match these weights"
+            )
     missing = [k for k in expected if k not in ours]
     if strict and missing:
-        raise KeyError(f"the checkpoint lacks {len(missing)} tensors of this model, e.g. {missing[:5]}")
+        raise KeyError(
+            f"the checkpoint lacks {len(missing)} tensors of this model, e.g. {missing[:5]}"
+        )
     model.load_state_dict(ours, strict=False)
-
-

@@ -1,0 +1,35 @@
+"""The README's Python examples run as written (in order, one namespace)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from lmlab.weights.packaged import packaged_path
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+
+
+def python_blocks() -> list[str]:
+    return re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
+
+
+def test_readme_has_two_commands_on_top():
+    first = re.search(r"```bash\n(.*?)```", README.read_text(), flags=re.S).group(1)
+    commands = [ln for ln in first.splitlines() if ln.strip() and not ln.startswith("#")]
+    assert [c.split("#")[0].strip() for c in commands] == ["make demo", "make test"]
+
+
+@pytest.mark.slow
+def test_readme_python_examples_run(capsys):
+    try:
+        packaged_path("smollm2-135m-instruct")
+    except Exception as e:
+        pytest.skip(f"README examples load SmolLM2: {e}")
+    namespace: dict = {}
+    for block in python_blocks():
+        exec(compile(block, str(README), "exec"), namespace)
+    out = capsys.readouterr().out
+    assert "Paris" in out
