@@ -22,7 +22,13 @@ from lmlab.weights.hf import config_from_hf, load_state_dict
 
 SHAPES = {
     "gpt2-small": lambda: transformers.GPT2Config(
-        n_embd=768, n_layer=12, n_head=12, n_positions=1024
+        n_embd=768,
+        n_layer=12,
+        n_head=12,
+        n_positions=1024,
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,  # lmlab runs without dropout too
     ),
     "llama-shaped": lambda: transformers.LlamaConfig(
         vocab_size=32000,
@@ -65,6 +71,11 @@ def main() -> None:
         "--attn", default="sdpa", choices=["sdpa", "eager"], help="transformers attention backend"
     )
     ap.add_argument("--shapes", nargs="*", default=list(SHAPES))
+    ap.add_argument(
+        "--compile",
+        action="store_true",
+        help="also time lmlab under torch.compile (compile excluded)",
+    )
     args = ap.parse_args()
     dtype = getattr(torch, args.dtype)
     torch.manual_seed(0)
@@ -83,16 +94,29 @@ def main() -> None:
         for _ in range(2):  # warm-up
             timed(step_ours, ours, tokens)
             timed(step_hf, hf, tokens)
-        t_ours, t_hf = [], []
+        compiled = None
+        if args.compile:
+            compiled = torch.compile(ours)
+            for _ in range(2):  # compilation happens here, outside the timed steps
+                timed(step_ours, compiled, tokens)
+        t_ours, t_hf, t_comp = [], [], []
         for _ in range(args.steps):
             t_ours.append(timed(step_ours, ours, tokens))
             t_hf.append(timed(step_hf, hf, tokens))
+            if compiled is not None:
+                t_comp.append(timed(step_ours, compiled, tokens))
         n = args.batch * args.seq
         ours_tps, hf_tps = n / min(t_ours), n / min(t_hf)
-        print(
+        line = (
             f"{shape:13s} lmlab {ours_tps:8.0f} tok/s   transformers {hf_tps:8.0f} tok/s   "
             f"ratio {ours_tps / hf_tps:.2f}x"
         )
+        if t_comp:
+            comp_tps = n / min(t_comp)
+            line += (
+                f"   lmlab compiled {comp_tps:8.0f} tok/s, {comp_tps / hf_tps:.2f}x transformers"
+            )
+        print(line, flush=True)
 
 
 if __name__ == "__main__":
