@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lmlab.config import Config
+from lmlab.generate.cache import KVCache, LayerCache
 from lmlab.hooks import HookedMixin, HookPoint
 
 # ---------------------------------------------------------------------------- norms
@@ -123,6 +124,8 @@ class Attention(nn.Module):
         self.q_norm = Norm(d, "rmsnorm" if cfg.norm == "layernorm" else cfg.norm, cfg.norm_eps) if cfg.qk_norm else None
         self.k_norm = Norm(d, "rmsnorm" if cfg.norm == "layernorm" else cfg.norm, cfg.norm_eps) if cfg.qk_norm else None
         self.sinks = nn.Parameter(torch.zeros(h)) if cfg.attn_sinks else None
+        # Prefix tuning: extra keys/values [KV, P, D] or [B, KV, P, D] every query attends to (no RoPE).
+        self.prefix: tuple[torch.Tensor, torch.Tensor] | None = None
         # TransformerLens shapes: q/z [B, T, H, D]; k/v [B, S, KV, D]; scores/pattern [B, H, T, S]
         self.hook_q, self.hook_k, self.hook_v = HookPoint(), HookPoint(), HookPoint()
         self.hook_rot_q, self.hook_rot_k = HookPoint(), HookPoint()
@@ -131,9 +134,17 @@ class Attention(nn.Module):
         self.hook_result = HookPoint()  # [B, T, H, d_model], per-head outputs, computed only when hooked
 
     def forward(
-        self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None, mask: torch.Tensor | None
+        self,
+        x: torch.Tensor,
+        rope: tuple[torch.Tensor, torch.Tensor] | None,
+        mask: torch.Tensor | None,
+        cache: LayerCache | None = None,
     ) -> torch.Tensor:
-        """x: [B, T, d_model]; mask: bool [B|1, 1, T, S] (True = may attend) or None for plain causal."""
+        """x: [B, T, d_model]; mask: bool [B|1, 1, T, S] (True = may attend) or None for plain causal.
+
+        With `cache`, the new keys/values are written into it and the queries attend to all cached
+        ones (`mask` then covers the cached length S). A `prefix` is prepended to the keys/values.
+        """
         B, T, _ = x.shape
         q = self.hook_q(self.q(x).view(B, T, self.n_heads, self.head_dim))
         k = self.hook_k(self.k(x).view(B, T, self.n_kv_heads, self.head_dim))
@@ -146,6 +157,10 @@ class Attention(nn.Module):
             if self.hook_rot_q.active or self.hook_rot_k.active:
                 q = self.hook_rot_q(q.transpose(1, 2)).transpose(1, 2)
                 k = self.hook_rot_k(k.transpose(1, 2)).transpose(1, 2)
+        if cache is not None:
+            k, v = cache.update(k, v)
+        if self.prefix is not None:
+            k, v, mask = self._with_prefix(k, v, mask, q.shape[2])
         explicit = self.hook_attn_scores.active or self.hook_pattern.active or self.cfg.attn_softcap is not None
         z = self._explicit(q, k, v, mask) if explicit else self._fused(q, k, v, mask)
         z = self.hook_z(z.transpose(1, 2))  # [B, T, H, D]
@@ -156,17 +171,41 @@ class Attention(nn.Module):
             return out + self.o.bias if self.o.bias is not None else out
         return self.o(z.reshape(B, T, -1))
 
+    def _with_prefix(
+        self, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, T: int
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Prepend the prefix keys/values; every query may attend to all of them."""
+        pk, pv = self.prefix
+        B, _, S, _ = k.shape
+        if pk.dim() == 3:
+            pk, pv = pk.unsqueeze(0).expand(B, -1, -1, -1), pv.unsqueeze(0).expand(B, -1, -1, -1)
+        if pk.shape[0] != B or pk.shape[1] != self.n_kv_heads or pk.shape[-1] != self.head_dim:
+            raise ValueError(
+                f"attention prefix has shape {tuple(pk.shape)}; expected [{self.n_kv_heads}, P, "
+                f"{self.head_dim}] or [{B}, {self.n_kv_heads}, P, {self.head_dim}]"
+            )
+        P = pk.shape[2]
+        if mask is None:
+            if self.cfg.causal:
+                mask = torch.ones(T, S, dtype=torch.bool, device=k.device).tril(S - T)[None, None]
+            else:
+                mask = torch.ones(1, 1, T, S, dtype=torch.bool, device=k.device)
+        full = torch.ones(*mask.shape[:2], T, P, dtype=torch.bool, device=k.device)
+        mask = torch.cat([full.expand(mask.shape[0], -1, -1, -1), mask], -1)
+        return torch.cat([pk.to(k.dtype), k], 2), torch.cat([pv.to(v.dtype), v], 2), mask
+
     def _fused(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         drop = self.cfg.dropout if self.training else 0.0
         if self.sinks is not None:
             # A sink is a key whose logit is the learned per-head value and whose value is zero:
             # append a zero key/value and put the sink logit in the additive mask's extra column.
             B, _, T, _ = q.shape
+            S = k.shape[2]
             zeros = k.new_zeros(B, k.shape[1], 1, k.shape[-1])
             k, v = torch.cat([k, zeros], 2), torch.cat([v, zeros], 2)
-            bias = torch.zeros(1, 1, T, k.shape[2] - 1, dtype=q.dtype, device=q.device)
+            bias = torch.zeros(1, 1, T, S, dtype=q.dtype, device=q.device)
             if mask is None:
-                mask = torch.ones(T, T, dtype=torch.bool, device=q.device).tril()
+                mask = torch.ones(T, S, dtype=torch.bool, device=q.device).tril(S - T)
             bias = bias.masked_fill(~mask, float("-inf"))
             sink_col = self.sinks.to(q.dtype).view(1, -1, 1, 1).expand(bias.shape[0], -1, T, 1)
             mask = torch.cat([bias.expand(sink_col.shape[0], self.n_heads, T, -1), sink_col], -1)
@@ -335,15 +374,18 @@ class Block(nn.Module):
         self.hook_resid_pre, self.hook_resid_mid, self.hook_resid_post = HookPoint(), HookPoint(), HookPoint()
         self.hook_attn_out, self.hook_mlp_out = HookPoint(), HookPoint()
 
-    def forward(self, x: torch.Tensor, rope: tuple | None, mask: torch.Tensor | None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, rope: tuple | None, mask: torch.Tensor | None, cache: LayerCache | None = None
+    ) -> torch.Tensor:
         s = self.cfg.residual_scale
         x = self.hook_resid_pre(x)
         if self.cfg.post_norm:  # BERT
-            x = self.hook_resid_mid(self.ln1(x + self.hook_attn_out(self.drop(self.attn(x, rope, mask)))))
+            a = self.attn(x, rope, mask, cache=cache)
+            x = self.hook_resid_mid(self.ln1(x + self.hook_attn_out(self.drop(a))))
             if self.mlp is None:
                 return self.hook_resid_post(x)
             return self.hook_resid_post(self.ln2(x + self.hook_mlp_out(self.drop(self.mlp(x)))))
-        a = self.attn(self.ln1(x), rope, mask)
+        a = self.attn(self.ln1(x), rope, mask, cache=cache)
         if self.cfg.sandwich_norm:
             a = self.ln1_post(a)
         x = self.hook_resid_mid(x + s * self.hook_attn_out(self.drop(a)))
@@ -423,21 +465,34 @@ class Transformer(HookedMixin, nn.Module):
         token_type_ids: torch.Tensor | None = None,
         stop_at_layer: int | None = None,
         return_hidden: bool = False,
+        cache: KVCache | None = None,
     ) -> torch.Tensor:
         """tokens: [B, T] ids -> logits [B, T, vocab] (hidden states [B, T, d] for encoders,
         with `return_hidden`, or when stopping early at `stop_at_layer`).
 
         attention_mask: [B, T] with 1 for real tokens and 0 for padding (left or right). Positions
         default to counting real tokens only, so left-padded rows get the positions they would alone.
+        cache: a `KVCache`; the tokens are appended to it and attend to everything cached before.
         """
         cfg = self.cfg
         if tokens.dim() == 1:
             tokens = tokens.unsqueeze(0)
         B, T = tokens.shape
-        if T > cfg.max_seq_len and cfg.positions == "learned":
-            raise ValueError(f"sequence length {T} exceeds max_seq_len={cfg.max_seq_len} of this model; "
+        if cache is not None and attention_mask is not None and attention_mask.shape != (B, T):
+            raise ValueError(
+                f"attention_mask has shape {tuple(attention_mask.shape)}, expected {(B, T)} "
+                "(the new tokens only; the cache remembers earlier padding)"
+            )
+        if cache is not None and stop_at_layer is not None:
+            raise ValueError("stop_at_layer cannot be used with a cache (later layers would miss the tokens)")
+        if cache is not None:
+            pos = cache.begin(tokens, attention_mask)
+            position_ids = pos if position_ids is None else position_ids
+        total = T + (cache.length if cache is not None else 0)
+        if total > cfg.max_seq_len and cfg.positions == "learned":
+            raise ValueError(f"sequence length {total} exceeds max_seq_len={cfg.max_seq_len} of this model; "
                              "truncate the input or use a model with a longer context")
-        if attention_mask is not None:
+        if attention_mask is not None and cache is None:
             if attention_mask.shape != (B, T):
                 raise ValueError(f"attention_mask has shape {tuple(attention_mask.shape)}, expected {(B, T)} "
                                  "like tokens")
@@ -462,11 +517,18 @@ class Transformer(HookedMixin, nn.Module):
             x = self.embed_norm(x)
         x = self.drop(x)
         ropes = self._ropes(position_ids, x.dtype)
-        masks = {w: self._mask(T, w, attention_mask, tokens.device) for w in {blk.attn.window for blk in self.blocks}}
+        windows = {blk.attn.window for blk in self.blocks}
+        if cache is not None:
+            masks = {w: cache.mask(T, w, cfg.causal) for w in windows}
+        else:
+            masks = {w: self._mask(T, w, attention_mask, tokens.device) for w in windows}
         for i, block in enumerate(self.blocks):
             if stop_at_layer is not None and i >= stop_at_layer:
                 return x
-            x = block(x, ropes.get(cfg.rope_base(i)), masks[block.attn.window])
+            layer_cache = cache.layer(i) if cache is not None else None
+            x = block(x, ropes.get(cfg.rope_base(i)), masks[block.attn.window], cache=layer_cache)
+        if cache is not None:
+            cache.commit(T)
         if self.ln_final is not None:
             x = self.ln_final(x)
         if return_hidden or self.unembed is None:

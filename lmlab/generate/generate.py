@@ -1,0 +1,216 @@
+"""`generate`: batched prefill + cached one-token decode steps, with sampling and stop rules."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from lmlab.generate.cache import KVCache
+from lmlab.generate.sampling import SamplingConfig, apply_repetition_penalty, choose
+from lmlab.generate.stream import TextStream
+
+Prompts = str | Sequence[str] | Sequence[Sequence[int]] | torch.Tensor
+
+
+@dataclass
+class GenerationOutput:
+    """Completions per row (prompt excluded; a stop token that ended a row is kept)."""
+
+    sequences: list[list[int]]
+    prompt_lengths: list[int]
+    finish_reasons: list[str]  # "stop_id", "stop_string" or "length"
+    texts: list[str] | None = None
+    scores: list[float] | None = field(default=None)  # beam search: length-normalized log-prob
+
+
+def encode_prompts(prompts: Prompts, tokenizer: Any, add_special: bool = True) -> list[list[int]]:
+    """Token id lists from strings (needs a tokenizer), id lists, or a [B, T] tensor."""
+    if isinstance(prompts, torch.Tensor):
+        rows = prompts.unsqueeze(0) if prompts.dim() == 1 else prompts
+        ids = [r.tolist() for r in rows]
+    elif isinstance(prompts, str) or (
+        isinstance(prompts, Sequence) and prompts and isinstance(prompts[0], str)
+    ):
+        if tokenizer is None:
+            raise ValueError(
+                "text prompts need a tokenizer: generate(model, prompts, tokenizer=tok)"
+            )
+        texts = [prompts] if isinstance(prompts, str) else list(prompts)
+        ids = [tokenizer.encode(t, add_special=add_special) for t in texts]
+    else:
+        ids = [list(map(int, p)) for p in prompts]
+    if not ids or any(len(p) == 0 for p in ids):
+        raise ValueError("empty prompt: every prompt needs at least one token")
+    return ids
+
+
+def resolve_stop_ids(stop_ids: Sequence[int | str] | None, tokenizer: Any, model: Any) -> set[int]:
+    """Stop token ids; strings are looked up as special tokens. Default: the EOS id(s)."""
+    vocab = model.cfg.vocab_size
+    if stop_ids is None:
+        found = {getattr(tokenizer, "eos_id", None), model.cfg.eos_token_id}
+        return {i for i in found if i is not None and 0 <= i < vocab}
+    out = set()
+    specials = getattr(tokenizer, "special_tokens", {}) if tokenizer is not None else {}
+    for s in stop_ids:
+        if isinstance(s, str):
+            if s not in specials:
+                near = ", ".join(sorted(specials)[:8])
+                raise ValueError(
+                    f"unknown stop token {s!r}; this tokenizer's special tokens: {near}"
+                )
+            s = specials[s]
+        if not 0 <= int(s) < vocab:
+            raise ValueError(f"unknown stop token id {s}: the vocabulary has ids 0..{vocab - 1}")
+        out.add(int(s))
+    return out
+
+
+def left_pad(ids: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """[B, T] tokens and attention mask, padded on the left."""
+    T = max(map(len, ids))
+    tokens = torch.full((len(ids), T), pad, dtype=torch.long)
+    mask = torch.zeros(len(ids), T, dtype=torch.long)
+    for b, row in enumerate(ids):
+        tokens[b, T - len(row) :] = torch.tensor(row)
+        mask[b, T - len(row) :] = 1
+    return tokens, mask
+
+
+def check_context(model: Any, prompt_len: int, max_new_tokens: int) -> None:
+    ctx = model.cfg.max_seq_len
+    if prompt_len > ctx:
+        raise ValueError(
+            f"prompt of {prompt_len} tokens is longer than the model's context ({ctx}); shorten it"
+        )
+    if prompt_len + max_new_tokens > ctx:
+        raise ValueError(
+            f"prompt ({prompt_len}) + max_new_tokens ({max_new_tokens}) exceeds the context ({ctx}); "
+            f"lower max_new_tokens to at most {ctx - prompt_len}"
+        )
+
+
+def decode_steps(
+    model: Any,
+    ids: list[list[int]],
+    sampling: SamplingConfig,
+    max_new_tokens: int,
+    generator: torch.Generator | None = None,
+) -> Iterator[torch.Tensor]:
+    """Prefill the left-padded batch, then yield the next token ids [B] at each step."""
+    device = next(model.parameters()).device
+    pad = model.cfg.pad_token_id if model.cfg.pad_token_id is not None else 0
+    tokens, mask = left_pad(ids, pad)
+    tokens, mask = tokens.to(device), mask.to(device)
+    cache = KVCache(model, len(ids), tokens.shape[1] + max_new_tokens)
+    logits = model(tokens, attention_mask=mask, cache=cache)[:, -1]
+    seen = torch.where(
+        mask.bool(), tokens, tokens[:, -1:]
+    )  # pads stand in as the last prompt token
+    for step in range(max_new_tokens):
+        logits = apply_repetition_penalty(logits.float(), seen, sampling.repetition_penalty)
+        nxt = choose(logits, sampling, generator)
+        yield nxt
+        if step + 1 == max_new_tokens:
+            return
+        seen = torch.cat([seen, nxt[:, None]], 1)
+        logits = model(nxt[:, None], cache=cache)[:, -1]
+
+
+@torch.no_grad()
+def generate(
+    model: Any,
+    prompts: Prompts,
+    *,
+    tokenizer: Any = None,
+    max_new_tokens: int = 64,
+    temperature: float = 0.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    min_p: float | None = None,
+    repetition_penalty: float = 1.0,
+    stop_ids: Sequence[int | str] | None = None,
+    stop_strings: Sequence[str] | None = None,
+    seed: int | None = None,
+    num_beams: int = 1,
+    length_penalty: float = 1.0,
+    early_stopping: bool = False,
+    num_return_sequences: int = 1,
+    add_special: bool = True,
+) -> GenerationOutput:
+    """Complete each prompt; rows of different lengths are left-padded and decoded together.
+
+    Hooks registered on the model (`model.hooks(...)`) stay active at every step.
+    """
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens={max_new_tokens} must be >= 1")
+    ids = encode_prompts(prompts, tokenizer, add_special)
+    check_context(model, max(map(len, ids)), max_new_tokens)
+    stops = resolve_stop_ids(stop_ids, tokenizer, model)
+    if stop_strings and tokenizer is None:
+        raise ValueError("stop_strings need a tokenizer to decode the text: pass tokenizer=...")
+    if num_beams > 1:
+        from lmlab.generate.beam import beam_search
+
+        return beam_search(
+            model, ids, num_beams=num_beams, max_new_tokens=max_new_tokens, stop_ids=stops,
+            length_penalty=length_penalty, early_stopping=early_stopping,
+            num_return_sequences=num_return_sequences, tokenizer=tokenizer,
+        )  # fmt: skip
+    if num_return_sequences < 1:
+        raise ValueError(f"num_return_sequences={num_return_sequences} must be >= 1")
+    ids = [row for row in ids for _ in range(num_return_sequences)]
+    sampling = SamplingConfig(temperature, top_k, top_p, min_p, repetition_penalty)
+    generator = None
+    if seed is not None:
+        generator = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
+    B = len(ids)
+    out: list[list[int]] = [[] for _ in range(B)]
+    reasons = ["length"] * B
+    texts: list[str] | None = [""] * B if tokenizer is not None else None
+    for nxt in decode_steps(model, ids, sampling, max_new_tokens, generator):
+        for b, t in enumerate(nxt.tolist()):
+            if reasons[b] != "length":
+                continue
+            out[b].append(t)
+            if t in stops:
+                reasons[b] = "stop_id"
+            elif stop_strings:
+                text = tokenizer.decode(out[b], skip_special=True)
+                hit = [text.index(s) for s in stop_strings if s in text]
+                if hit:
+                    reasons[b], texts[b] = "stop_string", text[: min(hit)]
+        if all(r != "length" for r in reasons):
+            break
+    if texts is not None:
+        for b in range(B):
+            if reasons[b] != "stop_string":
+                texts[b] = tokenizer.decode(out[b], skip_special=True)
+    return GenerationOutput(out, [len(r) for r in ids], reasons, texts)
+
+
+@torch.no_grad()
+def stream_generate(
+    model: Any, prompt: str | Sequence[int], tokenizer: Any, **kwargs: Any
+) -> Iterator[str]:
+    """Yield decoded text pieces of one completion as its tokens arrive (greedy or sampled)."""
+    max_new_tokens = kwargs.pop("max_new_tokens", 256)
+    stops = resolve_stop_ids(kwargs.pop("stop_ids", None), tokenizer, model)
+    seed = kwargs.pop("seed", None)
+    ids = encode_prompts(prompt if isinstance(prompt, str) else [list(prompt)], tokenizer)
+    check_context(model, len(ids[0]), max_new_tokens)
+    generator = torch.Generator().manual_seed(seed) if seed is not None else None
+    stream = TextStream(tokenizer)
+    for nxt in decode_steps(model, ids, SamplingConfig(**kwargs), max_new_tokens, generator):
+        t = int(nxt[0])
+        if t in stops:
+            break
+        piece = stream.push(t)
+        if piece:
+            yield piece
+    tail = stream.flush()
+    if tail:
+        yield tail
