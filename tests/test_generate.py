@@ -3,6 +3,8 @@ transformers, streaming, stop rules, hooks during generation, prefixes, bad inpu
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import pytest
 import torch
 
@@ -132,7 +134,7 @@ def test_stop_ids_and_stop_strings():
 class _Bytes:
     """A byte-level toy tokenizer: id i is byte i."""
 
-    special_tokens: dict = {}
+    special_tokens: ClassVar[dict] = {}
     eos_id = None
 
     def encode(self, text, add_special=False):
