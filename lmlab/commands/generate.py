@@ -1,0 +1,76 @@
+"""`lmlab generate --model M --prompt TEXT`: complete a prompt, streaming the text."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+HELP = "complete a prompt with a model (greedy, sampling or beam search), streaming the text"
+
+
+def add_sampling_arguments(p: argparse.ArgumentParser) -> None:
+    """Model and sampling flags shared by `generate` and `chat`."""
+    p.add_argument(
+        "--model", required=True, help="preset, packaged name, HF folder, .gguf or checkpoint"
+    )
+    p.add_argument("--max-new-tokens", type=int, default=128)
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    p.add_argument("--top-k", type=int, default=None)
+    p.add_argument("--top-p", type=float, default=None)
+    p.add_argument("--min-p", type=float, default=None)
+    p.add_argument("--repetition-penalty", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--dtype", default=None, help="float32 (default) or bfloat16")
+
+
+def sampling_kwargs(args: argparse.Namespace) -> dict:
+    return dict(
+        max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
+        top_p=args.top_p, min_p=args.min_p, repetition_penalty=args.repetition_penalty,
+        seed=args.seed,
+    )  # fmt: skip
+
+
+def load_for_generation(args: argparse.Namespace):
+    import lmlab
+
+    model, tok = lmlab.load(args.model, dtype=args.dtype)
+    if tok is None:
+        raise FileNotFoundError(f"{args.model} comes without a tokenizer; generation needs one")
+    return model.eval(), tok
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    add_sampling_arguments(p)
+    p.add_argument("--prompt", required=True)
+    p.add_argument(
+        "--chat", action="store_true", help="wrap the prompt in the model's chat template"
+    )
+    p.add_argument("--num-beams", type=int, default=1, help="> 1: beam search (not streamed)")
+
+
+def main(args: argparse.Namespace) -> int:
+    from lmlab.generate import generate, stream_generate
+
+    model, tok = load_for_generation(args)
+    prompt = args.prompt
+    if args.chat:
+        prompt = tok.apply_chat_template([{"role": "user", "content": prompt}])
+    ids = tok.encode(prompt, add_special=not args.chat)
+    if args.num_beams > 1:
+        kw = sampling_kwargs(args)
+        out = generate(
+            model,
+            [ids],
+            tokenizer=tok,
+            num_beams=args.num_beams,
+            max_new_tokens=kw["max_new_tokens"],
+        )
+        print(args.prompt + out.texts[0])
+        return 0
+    sys.stdout.write(args.prompt)
+    for piece in stream_generate(model, ids, tok, **sampling_kwargs(args)):
+        sys.stdout.write(piece)
+        sys.stdout.flush()
+    sys.stdout.write("\n")
+    return 0
