@@ -259,19 +259,23 @@ def composition_baseline(model: Transformer, kind: str, samples: int = 50, seed:
 # ---------------------------------------------------------------------------- reading matrices
 
 
-def diagonal_stats(m: torch.Tensor) -> dict[str, float]:
-    """How diagonal a square matrix [N, N] is: row argmax on the diagonal, margins, z-scores."""
+def diagonal_stats(m: torch.Tensor, rows: slice | None = None) -> dict[str, float]:
+    """How diagonal a square matrix [N, N] is (over `rows` only, if given): row argmax on the
+    diagonal, diagonal minus the row's largest other entry (margin), diagonal z-score in its row."""
     if m.dim() != 2 or m.shape[0] != m.shape[1]:
         raise ValueError(f"diagonal_stats needs a square matrix, got shape {tuple(m.shape)}")
     m = m.float()
     N = m.shape[0]
-    diag = m.diagonal()
-    off = m.masked_fill(torch.eye(N, dtype=torch.bool), float("-inf"))
-    margin = diag - off.max(1).values
-    off_vals = m[~torch.eye(N, dtype=torch.bool)].view(N, N - 1)
+    eye = torch.eye(N, dtype=torch.bool)
+    idx = torch.arange(N)[rows if rows is not None else slice(None)]
+    if idx.numel() == 0:
+        raise ValueError(f"rows={rows} selects no rows of a {N} x {N} matrix")
+    diag = m.diagonal()[idx]
+    margin = diag - m.masked_fill(eye, float("-inf")).max(1).values[idx]
+    off_vals = m[~eye].view(N, N - 1)[idx]
     z = (diag - off_vals.mean(1)) / off_vals.std(1).clamp_min(1e-12)
     return {
-        "row_argmax_on_diagonal": float((m.argmax(1) == torch.arange(N)).float().mean()),
+        "row_argmax_on_diagonal": float((m.argmax(1)[idx] == idx).float().mean()),
         "mean_margin": float(margin.mean()),
         "min_margin": float(margin.min()),
         "mean_diag": float(diag.mean()),
