@@ -69,9 +69,9 @@ def plot_matrix(
     fig, ax = plt.subplots(figsize=(5.5, 4.5))
     if centered:
         lim = float(m.abs().max()) or 1.0
-        im = ax.imshow(m, cmap="RdBu_r", vmin=-lim, vmax=lim)
+        im = ax.imshow(m.numpy(), cmap="RdBu_r", vmin=-lim, vmax=lim)
     else:
-        im = ax.imshow(m, cmap="viridis")
+        im = ax.imshow(m.numpy(), cmap="viridis")
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title)

@@ -64,6 +64,19 @@ def build_model(cfg: Config) -> Transformer:
     )
 
 
+def _check(cfg: Config) -> None:
+    if not 2 <= cfg.min_repeat <= cfg.max_repeat:
+        raise ValueError(
+            f"min_repeat={cfg.min_repeat}, max_repeat={cfg.max_repeat}: need 2 <= min_repeat <= "
+            "max_repeat"
+        )
+    if not 2 <= cfg.eval_repeat <= cfg.max_repeat:
+        raise ValueError(
+            f"eval_repeat={cfg.eval_repeat} must be in [2, max_repeat={cfg.max_repeat}] (the model "
+            "holds 2 * max_repeat + 1 positions)"
+        )
+
+
 def _batch_fn(cfg: Config):
     def batch(g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         n = int(torch.randint(cfg.min_repeat, cfg.max_repeat + 1, (1,), generator=g))
@@ -98,6 +111,7 @@ def steepest_drop(steps: list[int], loss: list[float], window: int) -> dict[str,
 
 def run(cfg: Config, out: RunDir) -> dict:
     """Train, tracking held-out losses and head scores; then read the circuit and write the report."""
+    _check(cfg)
     torch.set_num_threads(cfg.threads)
     t0 = time.perf_counter()
     model = build_model(cfg)
