@@ -196,5 +196,5 @@ def test_empty_and_bad_arguments_are_clear_errors() -> None:
         pass
     with pytest.raises(ValueError, match="operator='sub'"), sv.apply(m, operator="sub"):
         pass
-    with pytest.raises(ValueError, match="needs a tokenizer"):
+    with pytest.raises(ValueError, match="need a tokenizer"):
         train_steering_vector(m, [("good", "bad")], layers=0)

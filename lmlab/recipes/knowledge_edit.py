@@ -65,8 +65,9 @@ class Config:
     subject: str = " Eiffel Tower"
     target: str = " Rome"
     old: str = " Paris"
-    inject_layer: int = 6
-    coeffs: list[float] = field(default_factory=lambda: [0, 10, 20, 30, 40, 60, 80, 120])
+    inject_layer: int = 8
+    inject_at: str = "all"  # the subject's tokens: "all" or "last"
+    coeffs: list[float] = field(default_factory=lambda: [0, 20, 40, 60, 80, 120, 160])
     rome_layer: int = 4
     rome_steps: int = 25
     cov_tokens: int = 8000
@@ -125,7 +126,9 @@ def run(cfg: Config, out: RunDir) -> dict:
     before = _evaluate(model, tok, prompt, para, unrel, target, old, base_top)
 
     sweep = []
-    edit = injection_edit(model, prompt, subject, target, cfg.inject_layer, coeff=0.0)
+    edit = injection_edit(
+        model, prompt, subject, target, cfg.inject_layer, coeff=0.0, which=cfg.inject_at
+    )
     for c in cfg.coeffs:
         edit.coeff = c
         with edit.apply(model):
@@ -176,7 +179,8 @@ def run(cfg: Config, out: RunDir) -> dict:
         f"# Knowledge edit on {cfg.model}: {cfg.prompt!r} -> {cfg.target.strip()}",
         "",
         f"Injection: the unit direction -d(-log p({cfg.target.strip()}))/d(resid_pre, layer "
-        f"{cfg.inject_layer}) at the subject's last token, added there (wherever the subject occurs) "
+        f"{cfg.inject_layer}) at the subject's last token, added at the subject's {cfg.inject_at} "
+        "token(s) wherever the subject occurs, "
         f"with the smallest swept coefficient that flips the prompt and >= 3 paraphrases: "
         f"{chosen['coeff']}. ROME: rank-one edit of layer {cfg.rome_layer}'s MLP down projection, "
         f"key averaged over {len(PREFIXES)} prefixes, v* by {cfg.rome_steps} Adam steps (NLL + KL on "

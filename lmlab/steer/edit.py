@@ -91,8 +91,10 @@ def injection_edit(
     layer: int,
     coeff: float,
     hook: str = "resid_pre",
+    which: str = "all",
 ) -> InjectionEdit:
-    """Gradient direction at the subject's last token, injected there with `coeff` in every prompt."""
+    """Gradient direction at the subject's last token, injected with `coeff` at the subject's tokens
+    (`which`="all") or its last token only ("last"), in every prompt that contains the subject."""
     hits = find_subject(prompt, subject)
     if not hits:
         raise ValueError(
@@ -100,7 +102,7 @@ def injection_edit(
         )
     d = gradient_direction(model, prompt, target, layer, hits[-1], hook)
     sv = SteeringVector({hook_for(layer, hook): d}, meta={"method": "gradient-injection"})
-    return InjectionEdit(sv, subject_positions(subject, "last"), coeff)
+    return InjectionEdit(sv, subject_positions(subject, which), coeff)
 
 
 @torch.no_grad()

@@ -114,7 +114,7 @@ def optimize_vectors(
             with torch.no_grad():
                 hit = ((logits.argmax(-1) == labels) | (labels == -100)).all(1)
             for j, i in enumerate(active):
-                losses[i].append(float(per_row[j]))
+                losses[i].append(float(per_row[j].detach()))
                 if bool(hit[j]):
                     done[i] = step - 1  # updates before this forward (0: z at init)
             finished = [i for i in range(len(targets)) if done[i] is not None]

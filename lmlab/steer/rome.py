@@ -174,7 +174,7 @@ def rome_edit(
                 opt.zero_grad()
                 loss.backward()
             opt.step()
-            losses.append(float(nll))
+            losses.append(float(nll.detach()))
     finally:
         for p, f in zip(model.parameters(), flags, strict=True):
             p.requires_grad_(f)
