@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from tqdm import tqdm
 
 from lmlab.interp.probes import train_probe
 from lmlab.steer.steering_vector import SteeringVector, hook_for
@@ -78,7 +79,7 @@ def probe_accuracies(
                 ).val_acc
                 for h in range(H)
             ]
-            for i in range(L)
+            for i in tqdm(range(L), desc="probe heads", leave=False)
         ]
     )
 
