@@ -84,7 +84,7 @@ def run(cfg: Config, out: RunDir) -> dict:
                 print(
                     f"{mode} layer {layer} coeff {c}: minilm {r['minilm']:.2f} lexicon {r['lexicon']:.2f}"
                 )
-    best = max(rows, key=lambda r: r["minilm"])
+    best = max(rows, key=lambda r: min(r["minilm"], r["lexicon"]))  # both judges agree
 
     fig, axes = plt.subplots(1, len(cfg.modes), figsize=(5 * len(cfg.modes), 4), squeeze=False)
     for ax, mode in zip(axes[0], cfg.modes, strict=True):

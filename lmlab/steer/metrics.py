@@ -249,4 +249,6 @@ class MiniLMJudge:
         return e @ self.pos - e @ self.neg
 
     def positive(self, texts: Sequence[str]) -> list[bool]:
-        return (self.scores(texts) > 0).tolist()
+        """Per text: nearer the positive anchors; text without a word (e.g. only newlines) is not."""
+        has_words = [bool(re.search(r"\w", t)) for t in texts]
+        return [bool(s > 0) and w for s, w in zip(self.scores(texts), has_words, strict=True)]
