@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
+import threading
 
 from lmlab.commands.generate import add_sampling_arguments, load_for_generation, sampling_kwargs
 
@@ -26,6 +28,9 @@ def build_args(argv: list[str]) -> argparse.Namespace:
 def main(args: argparse.Namespace) -> int:
     from lmlab.generate import stream_generate
 
+    if threading.current_thread() is threading.main_thread():
+        # A shell that starts us in the background ignores SIGINT; Ctrl-C must still work here.
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     model, tok = load_for_generation(args)
     tok.apply_chat_template([{"role": "user", "content": "hi"}])  # fail early without a template
     messages = [{"role": "system", "content": args.system}] if args.system else []

@@ -33,7 +33,7 @@ class Config:
     n_heads: int = 4
     min_repeat: int = 8  # repeat length (tokens per copy) drawn per batch from [min, max]
     max_repeat: int = 32
-    steps: int = 1500
+    steps: int = 2000
     batch: int = 32
     lr: float = 1e-3
     warmup: int = 0
