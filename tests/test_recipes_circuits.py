@@ -80,7 +80,8 @@ def test_induction_formation_small(tmp_path):
     )
     m, _ = _run(induction_formation, cfg, tmp_path)
     ph = m["phase"]
-    assert m["best_induction_score"] >= 0.85  # the full recipe reaches >= 0.9; seeds 0-3 here: 0.895-0.912
+    # the full recipe reaches >= 0.9; at this size seeds 0-3 give 0.895-0.912
+    assert m["best_induction_score"] >= 0.85
     assert m["best_induction_head"].startswith("L1")
     # a phase change: one short stretch holds most of the loss drop
     assert ph["share_of_training"] <= 0.25 and ph["share_of_total_drop"] >= 0.5
