@@ -23,11 +23,12 @@ def test_readme_has_two_commands_on_top():
 
 
 @pytest.mark.slow
-def test_readme_python_examples_run(capsys):
+def test_readme_python_examples_run(capsys, tmp_path, monkeypatch):
     try:
         packaged_path("smollm2-135m-instruct")
     except Exception as e:
         pytest.skip(f"README examples load SmolLM2: {e}")
+    monkeypatch.chdir(tmp_path)  # examples that save files write here
     namespace: dict = {}
     for block in python_blocks():
         exec(compile(block, str(README), "exec"), namespace)
