@@ -1,0 +1,171 @@
+"""GRPO speed: lmlab `GRPOTrainer` vs TRL's `GRPOTrainer` (transformers backend, no vLLM), same run.
+
+    python bench/grpo_speed.py [--model smollm2-135m-instruct] [--group 4] [--prompts 2]
+        [--new-tokens 16] [--steps 3] [--threads 0] [--eos]
+
+Both trainers get the same weights (lmlab's model dequantized once; TRL's is a transformers Llama
+holding the same tensors), the same arithmetic word-problem prompts (chat template applied as
+text), group size, prompts per step, completion length, temperature 1, beta 0, loss `dapo`,
+learning rate, full-parameter AdamW and one optimizer step per batch of rollouts. Without `--eos`
+the stop token is ignored, so every completion has exactly `--new-tokens` tokens in both.
+
+Measured after one warm-up step: rollout tokens/s (completion tokens / time inside generation)
+and optimizer steps per minute (wall time of whole steps: rollout, rewards, forward, backward,
+optimizer). Prints both libraries and the ratio lmlab / TRL.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import platform
+import time
+import warnings
+
+import torch
+
+import lmlab
+from lmlab.rl import GRPOConfig, GRPOTrainer
+from lmlab.rl.tasks import ArithmeticTask
+from lmlab.weights.gguf import gguf_to_hf
+from lmlab.weights.packaged import packaged_path
+
+
+def hf_pieces(name: str):
+    """A transformers Llama + tokenizer holding the packaged GGUF's dequantized weights."""
+    import transformers
+
+    path = packaged_path(name)
+    if path is None or path.suffix != ".gguf":
+        raise SystemExit(f"{name} is not a packaged GGUF model; this bench needs one")
+    hf_cfg, sd, _ = gguf_to_hf(path)
+    cfg = transformers.LlamaConfig(
+        **{k: v for k, v in hf_cfg.items() if k not in ("architectures", "model_type")}
+    )
+    model = transformers.LlamaForCausalLM(cfg)
+    model.load_state_dict(sd, strict=False)
+    if cfg.tie_word_embeddings:
+        model.tie_weights()
+    tok = transformers.AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+    tok.pad_token = tok.pad_token or tok.eos_token
+    return model.float(), tok
+
+
+def bench_lmlab(args, rows: list[dict], task) -> dict:
+    model, tok = lmlab.load(args.model)
+    cfg = GRPOConfig(
+        model=args.model, num_generations=args.group, prompts_per_step=args.prompts,
+        micro_batch_size=args.group * args.prompts, max_new_tokens=args.new_tokens, lr=args.lr,
+        beta=0.0, loss_type="dapo", temperature=1.0, max_steps=args.steps + 1, eval_size=0,
+        out_dir=args.out + "/lmlab", seed=0,
+    )  # fmt: skip
+    trainer = GRPOTrainer(model.float(), tok, cfg, task)
+    trainer.prompt_text = lambda row: row["text"]  # the exact strings TRL gets
+    trainer.task.train[:] = rows
+    if not args.eos:
+        trainer.stop_ids = []
+    trainer.step()  # warm-up
+    t0 = time.perf_counter()
+    recs = [trainer.step() for _ in range(args.steps)]
+    wall = time.perf_counter() - t0
+    toks = sum(r["rollout_tokens"] for r in recs)
+    t_roll = sum(r["rollout_tokens"] / r["rollout_tok_s"] for r in recs)
+    return {"rollout_tok_s": toks / t_roll, "steps_per_min": 60 * args.steps / wall,
+            "tokens_per_step": toks / args.steps, "rollout_share": t_roll / wall}  # fmt: skip
+
+
+def bench_trl(args, rows: list[dict], task) -> dict:
+    import datasets
+    import transformers
+    import trl
+
+    model, tok = hf_pieces(args.model)
+    n = args.group * args.prompts
+    gen_kwargs = {} if args.eos else {"min_new_tokens": args.new_tokens}
+    cfg = trl.GRPOConfig(
+        output_dir=args.out + "/trl", per_device_train_batch_size=n, gradient_accumulation_steps=1,
+        num_generations=args.group, max_completion_length=args.new_tokens, temperature=1.0,
+        learning_rate=args.lr, lr_scheduler_type="constant", warmup_steps=0, beta=0.0,
+        loss_type="dapo", max_steps=args.steps + 1, logging_steps=1, save_strategy="no",
+        report_to="none", use_cpu=True, bf16=False, fp16=False, disable_tqdm=True, seed=0,
+        generation_kwargs=gen_kwargs, dataloader_num_workers=0, max_grad_norm=1.0,
+        weight_decay=0.0,
+    )  # fmt: skip
+    data = datasets.Dataset.from_list([{"prompt": r["text"], "answer": r["answer"]} for r in rows])
+    trainer = trl.GRPOTrainer(
+        model=model, reward_funcs=list(task.reward_funcs), args=cfg, train_dataset=data,
+        processing_class=tok,
+    )  # fmt: skip
+    gen = {"tokens": [], "seconds": []}
+    inner = trainer._generate_single_turn
+
+    def timed(*a, **kw):
+        t = time.perf_counter()
+        ids, logprobs = inner(*a, **kw)
+        gen["seconds"].append(time.perf_counter() - t)
+        gen["tokens"].append(sum(len(c) for c in ids))
+        return ids, logprobs
+
+    trainer._generate_single_turn = timed
+    ends: list[float] = []
+
+    class Clock(transformers.TrainerCallback):
+        def on_step_end(self, *_, **__):
+            ends.append(time.perf_counter())
+
+    trainer.add_callback(Clock())
+    trainer.train()
+    wall = ends[-1] - ends[0]  # the steps after the warm-up step
+    toks, secs = sum(gen["tokens"][1:]), sum(gen["seconds"][1:])
+    return {"rollout_tok_s": toks / secs, "steps_per_min": 60 * (len(ends) - 1) / wall,
+            "tokens_per_step": toks / (len(ends) - 1), "rollout_share": secs / wall}  # fmt: skip
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--model", default="smollm2-135m-instruct")
+    ap.add_argument("--group", type=int, default=4, help="num_generations G")
+    ap.add_argument("--prompts", type=int, default=2, help="prompts per optimizer step")
+    ap.add_argument("--new-tokens", type=int, default=16, help="completion length")
+    ap.add_argument("--steps", type=int, default=3, help="timed steps (after one warm-up step)")
+    ap.add_argument("--lr", type=float, default=1e-6)
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: leave as is)")
+    ap.add_argument("--eos", action="store_true", help="stop at EOS (lengths then differ)")
+    ap.add_argument("--only", choices=["lmlab", "trl"], default=None)
+    ap.add_argument("--out", default="/tmp/lmlab_grpo_bench")
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    warnings.filterwarnings("ignore")
+    logging.getLogger("transformers").setLevel(logging.ERROR)
+    _, tok = lmlab.load(args.model)
+    task = ArithmeticTask(n_train=200, n_test=1)
+    system = task.instruction
+    for r in task.train:
+        msgs = [{"role": "system", "content": system}]
+        for q, a in task.shots:
+            msgs += [{"role": "user", "content": q}, {"role": "assistant", "content": a}]
+        r["text"] = tok.apply_chat_template([*msgs, {"role": "user", "content": r["prompt"]}],
+                                            add_generation_prompt=True)  # fmt: skip
+    print(f"{platform.processor() or platform.machine()}, torch {torch.__version__}, "
+          f"{torch.get_num_threads()} threads; G={args.group}, {args.prompts} prompts/step, "
+          f"{args.new_tokens} new tokens, {args.steps} timed steps, eos={args.eos}")  # fmt: skip
+    results = {}
+    for name, fn in (("lmlab", bench_lmlab), ("trl", bench_trl)):
+        if args.only in (None, name):
+            torch.manual_seed(0)
+            results[name] = fn(args, task.train, task)
+            r = results[name]
+            print(f"{name:6s} rollout {r['rollout_tok_s']:8.1f} tok/s   {r['steps_per_min']:6.2f} "
+                  f"steps/min   {r['tokens_per_step']:.0f} tokens/step, rollout "
+                  f"{100 * r['rollout_share']:.0f}% of step time")  # fmt: skip
+    if len(results) == 2:
+        a, b = results["lmlab"], results["trl"]
+        print(f"ratio lmlab/TRL: rollout tokens/s {a['rollout_tok_s'] / b['rollout_tok_s']:.2f}x, "
+              f"optimizer steps/min {a['steps_per_min'] / b['steps_per_min']:.2f}x")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,60 @@
+"""`lmlab rl grpo CONFIG.toml [--key=value ...] [--resume]`: reinforcement learning with GRPO."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import asdict
+
+HELP = "RL with verifiable rewards: lmlab rl grpo CONFIG.toml [--key=value ...] [--resume]"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("algorithm", choices=["grpo"], help="the RL algorithm (grpo)")
+    p.add_argument(
+        "config", help='TOML file of GRPOConfig fields (see configs/grpo_*.toml), or "defaults"'
+    )
+    p.add_argument(
+        "--show-config", action="store_true", help="print the resolved settings and exit"
+    )
+    p.add_argument("--resume", action="store_true", help="continue from out_dir/grpo_ckpt.pt")
+    p.add_argument("overrides", nargs="*", help="--key=value GRPOConfig fields")
+
+
+def main(args: argparse.Namespace) -> int:
+    from lmlab.rl import GRPOConfig, GRPOTrainer
+    from lmlab.rl.plots import plot_rewards
+    from lmlab.rl.tasks import make_task
+    from lmlab.settings import from_toml
+
+    cfg = from_toml(GRPOConfig, None if args.config == "defaults" else args.config, args.overrides)
+    cfg.validate()
+    if args.show_config:
+        print(json.dumps(asdict(cfg), indent=2))
+        return 0
+    import lmlab
+
+    task = make_task(cfg.task, **cfg.task_options)
+    model, tok = lmlab.load(cfg.model)
+    if tok is None:
+        raise ValueError(
+            f"{cfg.model!r} has no tokenizer, so its completions cannot be scored as text; use a "
+            "model with a tokenizer (a GGUF, HF folder or packaged name like smollm2-135m-instruct)"
+        )
+    model = model.float()
+    trainer = GRPOTrainer(model, tok, cfg, task)
+    if args.resume:
+        trainer.load()
+    before = trainer.evaluate() if trainer.step_no == 0 and cfg.eval_size else None
+    trainer.fit()
+    trainer.save()
+    after = trainer.evaluate() if cfg.eval_size else None
+    plot = plot_rewards(trainer.history, trainer.out / "rewards.png")
+    for name, ev in (("before", before), ("after", after)):
+        if ev is not None:
+            scores = ", ".join(f"{k} {v:.3f}" for k, v in ev.items() if k != "samples")
+            print(f"{name}: {scores}")
+    print(
+        f"checkpoint: {trainer.out / 'grpo_ckpt.pt'}; metrics: {trainer.out / 'metrics.jsonl'}; plot: {plot}"
+    )
+    return 0

