@@ -1,0 +1,141 @@
+"""Save and load LoRA adapters in the Hugging Face PEFT layout.
+
+A folder with `adapter_config.json` and `adapter_model.safetensors` whose tensors carry
+transformers module names (`base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight`),
+so `peft.PeftModel.from_pretrained(hf_model, folder)` loads what lmlab trained, and back.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from lmlab.peft.lora import LoraConfig, apply_lora, lora_layers
+from lmlab.runs import atomic_write
+from lmlab.weights.hf import _renames
+
+PREFIX = "base_model.model."
+
+
+def module_name_maps(cfg) -> tuple[dict[str, str], dict[str, str]]:
+    """(lmlab -> HF, HF -> lmlab) names of Linear modules that map one to one."""
+    to_hf = {}
+    for hf, ours in _renames(cfg).items():
+        if hf.endswith(".weight") and ours.endswith(".weight"):
+            to_hf[ours[: -len(".weight")]] = hf[: -len(".weight")]
+    return to_hf, {v: k for k, v in to_hf.items()}
+
+
+def save_lora(model: nn.Module, folder: str | Path, base_model_name: str | None = None) -> Path:
+    """Write the adapter (only the LoRA tensors) in the HF PEFT layout; returns the folder."""
+    layers = lora_layers(model)
+    if not layers:
+        raise ValueError("this model has no LoRA layers to save; call apply_lora(model, ...) first")
+    if any(lin.lora_merged for lin in layers.values()):
+        raise ValueError("LoRA is merged into the weights; call unmerge_lora(model) before saving")
+    cfg: LoraConfig = model.lora_config
+    to_hf, _ = module_name_maps(model.cfg)
+    missing = [n for n in layers if n not in to_hf]
+    if missing:
+        raise ValueError(
+            f"no transformers module name for {missing[:3]} in family {model.cfg.family!r} "
+            "(e.g. GPT-2 fuses q/k/v into c_attn); target modules that exist in transformers too"
+        )
+    tensors = {}
+    for n, lin in layers.items():
+        k = PREFIX + to_hf[n]
+        tensors[f"{k}.lora_A.weight"] = lin.lora_A.weight.detach().float().contiguous()
+        tensors[f"{k}.lora_B.weight"] = lin.lora_B.weight.detach().float().contiguous()
+        if hasattr(lin, "lora_magnitude_vector"):
+            tensors[f"{k}.lora_magnitude_vector"] = lin.lora_magnitude_vector.detach().float()
+    config = {
+        "peft_type": "LORA",
+        "task_type": "CAUSAL_LM",
+        "base_model_name_or_path": base_model_name or model.cfg.name,
+        "r": cfg.r,
+        "lora_alpha": cfg.alpha,
+        "lora_dropout": cfg.dropout,
+        "target_modules": sorted(to_hf[n] for n in layers),
+        "use_rslora": cfg.use_rslora,
+        "use_dora": cfg.use_dora,
+        "bias": "none",
+        "fan_in_fan_out": False,
+        "init_lora_weights": True,
+        "inference_mode": True,
+        "modules_to_save": None,
+        "rank_pattern": {},
+        "alpha_pattern": {},
+    }
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(folder / "adapter_model.safetensors"))
+    atomic_write(folder / "adapter_config.json", json.dumps(config, indent=2) + "\n")
+    return folder
+
+
+def load_lora(model: nn.Module, folder: str | Path) -> list[str]:
+    """Apply a LoRA adapter saved by lmlab or by HF PEFT; returns the adapted lmlab module names."""
+    folder = Path(folder)
+    cfg_path, w_path = folder / "adapter_config.json", folder / "adapter_model.safetensors"
+    for p in (cfg_path, w_path):
+        if not p.is_file():
+            raise FileNotFoundError(
+                f"{p} not found; an adapter folder holds adapter_config.json and "
+                "adapter_model.safetensors (HF PEFT layout)"
+            )
+    hf_cfg = json.loads(cfg_path.read_text())
+    if hf_cfg.get("peft_type") != "LORA":
+        raise ValueError(
+            f"{folder} holds a {hf_cfg.get('peft_type')!r} adapter; load_lora reads LORA"
+        )
+    if hf_cfg.get("rank_pattern") or hf_cfg.get("alpha_pattern"):
+        raise ValueError("adapters with rank_pattern/alpha_pattern are not supported yet")
+    tensors = load_file(str(w_path))
+    _, from_hf = module_name_maps(model.cfg)
+    base = hf_cfg.get("base_model_name_or_path")
+    modules: dict[str, dict[str, torch.Tensor]] = {}
+    for k, v in tensors.items():
+        m = re.fullmatch(
+            r"(.+?)\.(lora_A\.weight|lora_B\.weight|lora_magnitude_vector(?:\.weight)?)", k
+        )
+        hf_name = m.group(1)[len(PREFIX) :] if m and m.group(1).startswith(PREFIX) else None
+        if hf_name is None or hf_name not in from_hf:
+            raise ValueError(
+                f"adapter tensor {k!r} names no module of this {model.cfg.name} model: the adapter "
+                f"was made for a different base model ({base!r}); expected names like "
+                f"{PREFIX}{next(iter(from_hf))}.lora_A.weight"
+            )
+        modules.setdefault(from_hf[hf_name], {})[m.group(2).split(".")[0]] = v
+    lcfg = LoraConfig(
+        r=int(hf_cfg["r"]),
+        alpha=float(hf_cfg["lora_alpha"]),
+        dropout=float(hf_cfg.get("lora_dropout", 0.0)),
+        target_modules=[re.escape(n) for n in sorted(modules)],
+        use_rslora=bool(hf_cfg.get("use_rslora", False)),
+        use_dora=bool(hf_cfg.get("use_dora", False)),
+    )
+    mods = dict(model.named_modules())
+    for n, parts in modules.items():
+        lin = mods[n]
+        want = {"lora_A": (lcfg.r, lin.in_features), "lora_B": (lin.out_features, lcfg.r)}
+        want["lora_magnitude_vector"] = (lin.out_features,)
+        for part, t in parts.items():
+            if tuple(t.shape) != want[part]:
+                raise ValueError(
+                    f"adapter tensor {part} for {n} has shape {tuple(t.shape)}, this model needs "
+                    f"{want[part]}: the adapter was made for a different base model ({base!r})"
+                )
+    names = apply_lora(model, lcfg)
+    with torch.no_grad():
+        for n, parts in modules.items():
+            lin = mods[n]
+            lin.lora_A.weight.copy_(parts["lora_A"])
+            lin.lora_B.weight.copy_(parts["lora_B"])
+            if "lora_magnitude_vector" in parts:
+                lin.lora_magnitude_vector.copy_(parts["lora_magnitude_vector"])
+    return names
