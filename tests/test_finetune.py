@@ -26,6 +26,15 @@ from lmlab.peft import apply_lora
 from lmlab.tokenizers.char import CharTokenizer
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Small ops on a shared 2-core CPU run several times faster on one thread (no spinning)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def test_load_csv_tsv_jsonl_and_missing_label_column(tmp_path) -> None:
     (tmp_path / "a.csv").write_text('text,label\n"hi, there",pos\nbad day,neg\n')
     (tmp_path / "b.tsv").write_text('spam\tWIN "cash" now\tor never\nham\tsee you\n')
@@ -102,14 +111,15 @@ def keyword_task(n: int, seed: int) -> LabeledTexts:
 @pytest.mark.parametrize("method", ["blocks", "lora"])
 def test_classifier_learns_a_keyword_task(method: str) -> None:
     torch.manual_seed(0)
-    model = lmlab.Transformer(lmlab.preset("llama-tiny", n_layers=2))
+    small = {"n_layers": 2, "d_model": 128, "n_heads": 4, "n_kv_heads": 2, "d_ff": 344}
+    model = lmlab.Transformer(lmlab.preset("llama-tiny", **small))
     clf = SequenceClassifier(model, 2)
-    cfg = ClassifyConfig(epochs=12, batch_size=32, lr=3e-3, head_lr=3e-3, train_blocks=1)
+    cfg = ClassifyConfig(epochs=6, batch_size=32, lr=3e-3, head_lr=3e-3, train_blocks=1)
     if method == "lora":
         apply_lora(model, r=8, alpha=16, target_modules=["attn.q", "attn.k", "attn.v", "attn.o"])
         cfg.freeze = False
     res = train_classifier(
-        clf, Digits(), keyword_task(400, 0), keyword_task(100, 1), keyword_task(200, 2), cfg
+        clf, Digits(), keyword_task(300, 0), keyword_task(100, 1), keyword_task(200, 2), cfg
     )
     assert res.frozen_layers == (1 if method == "blocks" else 0)
     assert res.test.accuracy >= 0.95, res.history

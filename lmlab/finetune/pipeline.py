@@ -9,6 +9,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
 from lmlab.config import ConfigError
 from lmlab.finetune.classify import (
     ClassifyConfig,
@@ -81,13 +83,12 @@ def classify_and_report(
         raise ConfigError("need at least a train and a test part (fractions like 0.8,0.2)")
     train, *rest = parts
     val, test = (rest[0], rest[1]) if len(rest) >= 2 else (None, rest[0])
+    torch.manual_seed(cfg.seed)  # the head's initialization
     clf = SequenceClassifier(model, len(train.names), pool=pool)
     t0 = time.perf_counter()
     res = train_classifier(clf, tokenizer, train, val, test, cfg)
     total = time.perf_counter() - t0
-    plot_confusion(
-        res.test, out.file("confusion.png"), f"{title}: test accuracy {res.test.accuracy:.2%}"
-    )
+    plot_confusion(res.test, out.file("confusion.png"), f"test accuracy {res.test.accuracy:.2%}")
     _plot_history(res.history, out.file("training.png"))
     metrics = {
         "test_accuracy": res.test.accuracy,
