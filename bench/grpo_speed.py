@@ -1,7 +1,7 @@
 """GRPO speed: lmlab `GRPOTrainer` vs TRL's `GRPOTrainer` (transformers backend, no vLLM), same run.
 
-    python bench/grpo_speed.py [--model smollm2-135m-instruct] [--group 4] [--prompts 2]
-        [--new-tokens 16] [--steps 3] [--threads 0] [--eos]
+    python bench/grpo_speed.py [--model smollm2-135m-instruct] [--group 8] [--prompts 2]
+        [--new-tokens 32] [--steps 2] [--threads 1] [--eos] [--only lmlab|trl]
 
 Both trainers get the same weights (lmlab's model dequantized once; TRL's is a transformers Llama
 holding the same tensors), the same arithmetic word-problem prompts (chat template applied as
@@ -62,7 +62,6 @@ def bench_lmlab(args, rows: list[dict], task) -> dict:
     )  # fmt: skip
     trainer = GRPOTrainer(model.float(), tok, cfg, task)
     trainer.prompt_text = lambda row: row["text"]  # the exact strings TRL gets
-    trainer.task.train[:] = rows
     if not args.eos:
         trainer.stop_ids = []
     trainer.step()  # warm-up
@@ -115,6 +114,7 @@ def bench_trl(args, rows: list[dict], task) -> dict:
             ends.append(time.perf_counter())
 
     trainer.add_callback(Clock())
+    trainer.remove_callback(transformers.PrinterCallback)  # no per-step log dicts on stdout
     trainer.train()
     wall = ends[-1] - ends[0]  # the steps after the warm-up step
     toks, secs = sum(gen["tokens"][1:]), sum(gen["seconds"][1:])
@@ -125,12 +125,12 @@ def bench_trl(args, rows: list[dict], task) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", default="smollm2-135m-instruct")
-    ap.add_argument("--group", type=int, default=4, help="num_generations G")
+    ap.add_argument("--group", type=int, default=8, help="num_generations G")
     ap.add_argument("--prompts", type=int, default=2, help="prompts per optimizer step")
-    ap.add_argument("--new-tokens", type=int, default=16, help="completion length")
-    ap.add_argument("--steps", type=int, default=3, help="timed steps (after one warm-up step)")
+    ap.add_argument("--new-tokens", type=int, default=32, help="completion length")
+    ap.add_argument("--steps", type=int, default=2, help="timed steps (after one warm-up step)")
     ap.add_argument("--lr", type=float, default=1e-6)
-    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: leave as is)")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (0: leave as is)")
     ap.add_argument("--eos", action="store_true", help="stop at EOS (lengths then differ)")
     ap.add_argument("--only", choices=["lmlab", "trl"], default=None)
     ap.add_argument("--out", default="/tmp/lmlab_grpo_bench")

@@ -37,6 +37,7 @@ class GRPOConfig:
     max_grad_norm: float = 1.0
     warmup_steps: int = 0
     max_steps: int = 50
+    max_minutes: float = 0.0  # > 0: also stop training once this much wall time has passed
     trainable: str = "all"  # all | last:N (only the last N blocks + final norm train)
     lora_rank: int = 0  # > 0: LoRA adapters (needs lmlab.peft)
     lora_alpha: float = 16.0

@@ -238,8 +238,10 @@ class GRPOTrainer:
 
     # ---------------------------------------------------------------- loop, eval, state
     def fit(self, steps: int | None = None, progress: bool = True) -> list[dict[str, Any]]:
-        """Train until `steps` (default cfg.max_steps) total steps; checkpoints every save_every."""
+        """Train until `steps` (default cfg.max_steps) total steps or `cfg.max_minutes` of wall time;
+        checkpoints every save_every."""
         steps = self.cfg.max_steps if steps is None else steps
+        t0 = time.perf_counter()
         bar = tqdm(total=steps, initial=self.step_no, disable=not progress, desc="grpo")
         log = self.out / "metrics.jsonl"
         self.out.mkdir(parents=True, exist_ok=True)
@@ -251,6 +253,8 @@ class GRPOTrainer:
             bar.set_postfix(reward=f"{rec['reward']:.2f}", len=f"{rec['completion_length']:.0f}")
             if self.cfg.save_every and self.step_no % self.cfg.save_every == 0:
                 self.save()
+            if self.cfg.max_minutes and time.perf_counter() - t0 > 60 * self.cfg.max_minutes:
+                break
         bar.close()
         return self.history
 
