@@ -81,6 +81,8 @@ def train_probe(
     xs = (x - mean) / std
     k = int(y.max()) + 1
     lin = torch.nn.Linear(x.shape[1], k)
+    torch.nn.init.zeros_(lin.weight)  # the loss is convex: a zero start makes the fit reproducible
+    torch.nn.init.zeros_(lin.bias)
     opt = torch.optim.AdamW(lin.parameters(), lr=lr, weight_decay=weight_decay)
     with torch.enable_grad():
         for _ in range(steps):
