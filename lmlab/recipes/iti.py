@@ -56,7 +56,7 @@ class Config:
     statements: str = ""  # a .jsonl/.csv of (text, label); empty = the template set above
     heldout_frac: float = 0.3
     k: int = 16
-    alphas: list[float] = field(default_factory=lambda: [0.0, 5.0, 10.0, 15.0])
+    alphas: list[float] = field(default_factory=lambda: [0.0, 2.5, 5.0, 7.5, 10.0, 15.0])
     ppl_tokens: int = 256
     seed: int = 0
     threads: int = 1
@@ -119,9 +119,22 @@ def run(cfg: Config, out: RunDir) -> dict:
     plt.close(fig)
 
     best = float(accs.max())
+    base = next((s for s in sweep if s["alpha"] == 0), None)
+    top = max(sweep, key=lambda s: s["margin"])
     metrics = {"n_train_pairs": len(train), "n_test_pairs": len(test), "best_head_acc": best,
                "top_heads": [[layer, head, round(float(accs[layer, head]), 3)] for layer, head in heads],
-               "sweep": sweep}  # fmt: skip
+               "sweep": sweep, "best_alpha": top["alpha"]}  # fmt: skip
+    verdict = ""
+    if base is not None and top is not base:
+        metrics["margin_gain"] = round(top["margin"] - base["margin"], 4)
+        verdict = (
+            f"Best alpha {top['alpha']}: margin {base['margin']:.3f} -> {top['margin']:.3f} nats "
+            f"({top['margin'] - base['margin']:+.3f}), at a perplexity cost of "
+            f"{base['ppl']:.2f} -> {top['ppl']:.2f} ({top['ppl'] / base['ppl'] - 1:+.1%}). Larger "
+            "alphas push the activations off-distribution and the margin falls again."
+        )
+    elif base is not None:
+        verdict = "No alpha in the sweep raised the margin over the unsteered model."
     src = cfg.statements or "template-generated (40 capitals + 40 sums, one false twin each)"
     lines = [
         f"# Inference-time intervention on {cfg.model}",
@@ -140,6 +153,8 @@ def run(cfg: Config, out: RunDir) -> dict:
             f"| {s['alpha']} | {s['margin']:.3f} | {s['prefers_true']:.2f} | {s['ppl']:.2f} |"
             for s in sweep
         ],
+        "",
+        verdict,
         "",
         "![](probe_accuracy.png)",
         "",
