@@ -73,10 +73,16 @@ def rope_inv_freq(cfg: Config, base: float) -> tuple[torch.Tensor, float]:
         old = cfg.rope_original_max_seq_len
         low_wl, high_wl = old / cfg.rope_low_freq_factor, old / cfg.rope_high_freq_factor
         wavelen = 2 * math.pi / inv
-        smooth = (old / wavelen - cfg.rope_low_freq_factor) / (cfg.rope_high_freq_factor - cfg.rope_low_freq_factor)
+        smooth = (old / wavelen - cfg.rope_low_freq_factor) / (
+            cfg.rope_high_freq_factor - cfg.rope_low_freq_factor
+        )
         mixed = (1 - smooth) * inv / factor + smooth * inv
-        inv = torch.where(wavelen > low_wl, inv / factor, torch.where(wavelen < high_wl, inv, mixed))
-    elif cfg.rope_scaling == "yarn":  # YaRN (Peng et al. 2023): interpolate low, extrapolate high frequencies
+        inv = torch.where(
+            wavelen > low_wl, inv / factor, torch.where(wavelen < high_wl, inv, mixed)
+        )
+    elif (
+        cfg.rope_scaling == "yarn"
+    ):  # YaRN (Peng et al. 2023): interpolate low, extrapolate high frequencies
         old = cfg.rope_original_max_seq_len
 
         def correction_dim(rotations: float) -> float:
@@ -121,8 +127,16 @@ class Attention(nn.Module):
         self.k = nn.Linear(cfg.d_model, kv * d, bias=cfg.attn_qkv_bias)
         self.v = nn.Linear(cfg.d_model, kv * d, bias=cfg.attn_qkv_bias)
         self.o = nn.Linear(h * d, cfg.d_model, bias=cfg.attn_out_bias)
-        self.q_norm = Norm(d, "rmsnorm" if cfg.norm == "layernorm" else cfg.norm, cfg.norm_eps) if cfg.qk_norm else None
-        self.k_norm = Norm(d, "rmsnorm" if cfg.norm == "layernorm" else cfg.norm, cfg.norm_eps) if cfg.qk_norm else None
+        self.q_norm = (
+            Norm(d, "rmsnorm" if cfg.norm == "layernorm" else cfg.norm, cfg.norm_eps)
+            if cfg.qk_norm
+            else None
+        )
+        self.k_norm = (
+            Norm(d, "rmsnorm" if cfg.norm == "layernorm" else cfg.norm, cfg.norm_eps)
+            if cfg.qk_norm
+            else None
+        )
         self.sinks = nn.Parameter(torch.zeros(h)) if cfg.attn_sinks else None
         # Prefix tuning: extra keys/values [KV, P, D] or [B, KV, P, D] every query attends to (no RoPE).
         self.prefix: tuple[torch.Tensor, torch.Tensor] | None = None
@@ -131,7 +145,9 @@ class Attention(nn.Module):
         self.hook_rot_q, self.hook_rot_k = HookPoint(), HookPoint()
         self.hook_attn_scores, self.hook_pattern = HookPoint(), HookPoint()
         self.hook_z = HookPoint()
-        self.hook_result = HookPoint()  # [B, T, H, d_model], per-head outputs, computed only when hooked
+        self.hook_result = (
+            HookPoint()
+        )  # [B, T, H, d_model], per-head outputs, computed only when hooked
 
     def forward(
         self,
@@ -161,7 +177,11 @@ class Attention(nn.Module):
             k, v = cache.update(k, v)
         if self.prefix is not None:
             k, v, mask = self._with_prefix(k, v, mask, q.shape[2])
-        explicit = self.hook_attn_scores.active or self.hook_pattern.active or self.cfg.attn_softcap is not None
+        explicit = (
+            self.hook_attn_scores.active
+            or self.hook_pattern.active
+            or self.cfg.attn_softcap is not None
+        )
         z = self._explicit(q, k, v, mask) if explicit else self._fused(q, k, v, mask)
         z = self.hook_z(z.transpose(1, 2))  # [B, T, H, D]
         if self.hook_result.active:
@@ -194,7 +214,9 @@ class Attention(nn.Module):
         mask = torch.cat([full.expand(mask.shape[0], -1, -1, -1), mask], -1)
         return torch.cat([pk.to(k.dtype), k], 2), torch.cat([pv.to(v.dtype), v], 2), mask
 
-    def _fused(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    def _fused(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None
+    ) -> torch.Tensor:
         drop = self.cfg.dropout if self.training else 0.0
         if self.sinks is not None:
             # A sink is a key whose logit is the learned per-head value and whose value is zero:
@@ -210,11 +232,19 @@ class Attention(nn.Module):
             sink_col = self.sinks.to(q.dtype).view(1, -1, 1, 1).expand(bias.shape[0], -1, T, 1)
             mask = torch.cat([bias.expand(sink_col.shape[0], self.n_heads, T, -1), sink_col], -1)
         return F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, dropout_p=drop, is_causal=mask is None and self.cfg.causal,
-            scale=self.scale, enable_gqa=self.n_kv_heads != self.n_heads,
+            q,
+            k,
+            v,
+            attn_mask=mask,
+            dropout_p=drop,
+            is_causal=mask is None and self.cfg.causal,
+            scale=self.scale,
+            enable_gqa=self.n_kv_heads != self.n_heads,
         )
 
-    def _explicit(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    def _explicit(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None
+    ) -> torch.Tensor:
         rep = self.n_heads // self.n_kv_heads
         if rep > 1:
             k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
@@ -322,8 +352,15 @@ class MoE(nn.Module):
         order = flat_idx.argsort(stable=True)
         counts = torch.bincount(flat_idx, minlength=self.cfg.n_experts).tolist()
         xs = x.reshape(-1, d)[order // k]
-        pre, lin = self._per_expert(xs, counts, self.gate if self.gate is not None else self.up,
-                                    self.gate_bias if self.gate is not None else self.up_bias), None
+        pre, lin = (
+            self._per_expert(
+                xs,
+                counts,
+                self.gate if self.gate is not None else self.up,
+                self.gate_bias if self.gate is not None else self.up_bias,
+            ),
+            None,
+        )
         if self.gate is not None:
             lin = self._per_expert(xs, counts, self.up, self.up_bias)
         unsort = torch.empty_like(order)
@@ -339,7 +376,9 @@ class MoE(nn.Module):
         return (out.view(B, T, k, d) * weights.unsqueeze(-1)).sum(2)
 
     @staticmethod
-    def _per_expert(xs: torch.Tensor, counts: list[int], w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
+    def _per_expert(
+        xs: torch.Tensor, counts: list[int], w: torch.Tensor, b: torch.Tensor | None
+    ) -> torch.Tensor:
         outs = []
         for e, chunk in enumerate(xs.split(counts)):
             if chunk.shape[0]:
@@ -347,7 +386,9 @@ class MoE(nn.Module):
         return torch.cat(outs) if outs else xs.new_zeros(0, w.shape[1])
 
     @staticmethod
-    def _hooked(hook: HookPoint, h: torch.Tensor, order: torch.Tensor, unsort: torch.Tensor, B: int, T: int):
+    def _hooked(
+        hook: HookPoint, h: torch.Tensor, order: torch.Tensor, unsort: torch.Tensor, B: int, T: int
+    ):
         """Show the hook [B, T, k, f] in token order; hand back expert order."""
         if not hook.active:
             return h
@@ -365,17 +406,29 @@ class Block(nn.Module):
         self.cfg = cfg
         self.ln1 = Norm(cfg.d_model, cfg.norm, cfg.norm_eps, cfg.norm_bias)
         self.attn = Attention(cfg, layer)
-        self.ln2 = None if cfg.attn_only else Norm(cfg.d_model, cfg.norm, cfg.norm_eps, cfg.norm_bias)
+        self.ln2 = (
+            None if cfg.attn_only else Norm(cfg.d_model, cfg.norm, cfg.norm_eps, cfg.norm_bias)
+        )
         self.mlp = None if cfg.attn_only else MoE(cfg) if cfg.n_experts else MLP(cfg)
         if cfg.sandwich_norm:
             self.ln1_post = Norm(cfg.d_model, cfg.norm, cfg.norm_eps, cfg.norm_bias)
-            self.ln2_post = None if cfg.attn_only else Norm(cfg.d_model, cfg.norm, cfg.norm_eps, cfg.norm_bias)
+            self.ln2_post = (
+                None if cfg.attn_only else Norm(cfg.d_model, cfg.norm, cfg.norm_eps, cfg.norm_bias)
+            )
         self.drop = nn.Dropout(cfg.dropout)
-        self.hook_resid_pre, self.hook_resid_mid, self.hook_resid_post = HookPoint(), HookPoint(), HookPoint()
+        self.hook_resid_pre, self.hook_resid_mid, self.hook_resid_post = (
+            HookPoint(),
+            HookPoint(),
+            HookPoint(),
+        )
         self.hook_attn_out, self.hook_mlp_out = HookPoint(), HookPoint()
 
     def forward(
-        self, x: torch.Tensor, rope: tuple | None, mask: torch.Tensor | None, cache: LayerCache | None = None
+        self,
+        x: torch.Tensor,
+        rope: tuple | None,
+        mask: torch.Tensor | None,
+        cache: LayerCache | None = None,
     ) -> torch.Tensor:
         s = self.cfg.residual_scale
         x = self.hook_resid_pre(x)
@@ -404,13 +457,23 @@ class Transformer(HookedMixin, nn.Module):
         super().__init__()
         self.cfg = cfg
         self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model)
-        self.pos_embed = nn.Embedding(cfg.max_seq_len, cfg.d_model) if cfg.positions == "learned" else None
-        self.token_type_embed = nn.Embedding(cfg.type_vocab_size, cfg.d_model) if cfg.type_vocab_size else None
-        self.embed_norm = Norm(cfg.d_model, cfg.norm, cfg.norm_eps, cfg.norm_bias) if cfg.embed_norm else None
+        self.pos_embed = (
+            nn.Embedding(cfg.max_seq_len, cfg.d_model) if cfg.positions == "learned" else None
+        )
+        self.token_type_embed = (
+            nn.Embedding(cfg.type_vocab_size, cfg.d_model) if cfg.type_vocab_size else None
+        )
+        self.embed_norm = (
+            Norm(cfg.d_model, cfg.norm, cfg.norm_eps, cfg.norm_bias) if cfg.embed_norm else None
+        )
         self.drop = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layers))
-        self.ln_final = None if cfg.post_norm else Norm(cfg.d_model, cfg.norm, cfg.norm_eps, cfg.norm_bias)
-        self.unembed = nn.Linear(cfg.d_model, cfg.vocab_size, bias=cfg.lm_head_bias) if cfg.lm_head else None
+        self.ln_final = (
+            None if cfg.post_norm else Norm(cfg.d_model, cfg.norm, cfg.norm_eps, cfg.norm_bias)
+        )
+        self.unembed = (
+            nn.Linear(cfg.d_model, cfg.vocab_size, bias=cfg.lm_head_bias) if cfg.lm_head else None
+        )
         if self.unembed is not None and cfg.tie_embeddings:
             self.unembed.weight = self.embed.weight
         self.pooler = nn.Linear(cfg.d_model, cfg.d_model) if cfg.pooler else None
@@ -419,7 +482,11 @@ class Transformer(HookedMixin, nn.Module):
                 inv, scale = rope_inv_freq(cfg, base)
                 self.register_buffer(_rope_key(base), inv, persistent=False)
                 self.rope_scale = scale
-        self.hook_embed, self.hook_pos_embed, self.hook_token_type_embed = HookPoint(), HookPoint(), HookPoint()
+        self.hook_embed, self.hook_pos_embed, self.hook_token_type_embed = (
+            HookPoint(),
+            HookPoint(),
+            HookPoint(),
+        )
         self.apply(self._init_weights)
         self.setup_hooks()
 
@@ -443,7 +510,11 @@ class Transformer(HookedMixin, nn.Module):
 
     def _apply(self, fn, recurse=True):
         """Like `nn.Module._apply`, but RoPE frequency buffers stay float32 under `.to(dtype)`."""
-        keep = {k: v for k, v in self._buffers.items() if k.startswith("rope_inv_freq_") and v is not None}
+        keep = {
+            k: v
+            for k, v in self._buffers.items()
+            if k.startswith("rope_inv_freq_") and v is not None
+        }
         out = super()._apply(fn, recurse)
         for k, v in keep.items():
             self._buffers[k] = v.to(fn(v).device)  # follow the device move, keep float32 values
@@ -484,18 +555,24 @@ class Transformer(HookedMixin, nn.Module):
                 "(the new tokens only; the cache remembers earlier padding)"
             )
         if cache is not None and stop_at_layer is not None:
-            raise ValueError("stop_at_layer cannot be used with a cache (later layers would miss the tokens)")
+            raise ValueError(
+                "stop_at_layer cannot be used with a cache (later layers would miss the tokens)"
+            )
         if cache is not None:
             pos = cache.begin(tokens, attention_mask)
             position_ids = pos if position_ids is None else position_ids
         total = T + (cache.length if cache is not None else 0)
         if total > cfg.max_seq_len and cfg.positions == "learned":
-            raise ValueError(f"sequence length {total} exceeds max_seq_len={cfg.max_seq_len} of this model; "
-                             "truncate the input or use a model with a longer context")
+            raise ValueError(
+                f"sequence length {total} exceeds max_seq_len={cfg.max_seq_len} of this model; "
+                "truncate the input or use a model with a longer context"
+            )
         if attention_mask is not None and cache is None:
             if attention_mask.shape != (B, T):
-                raise ValueError(f"attention_mask has shape {tuple(attention_mask.shape)}, expected {(B, T)} "
-                                 "like tokens")
+                raise ValueError(
+                    f"attention_mask has shape {tuple(attention_mask.shape)}, expected {(B, T)} "
+                    "like tokens"
+                )
             attention_mask = attention_mask.bool()
             if bool(attention_mask.all()):
                 attention_mask = None
@@ -544,17 +621,24 @@ class Transformer(HookedMixin, nn.Module):
             raise ValueError(f"{self.cfg.name} has no pooler; build it with Config(pooler=True)")
         return torch.tanh(self.pooler(hidden[:, 0]))
 
-    def _ropes(self, position_ids: torch.Tensor, dtype: torch.dtype) -> dict[float, tuple[torch.Tensor, torch.Tensor]]:
+    def _ropes(
+        self, position_ids: torch.Tensor, dtype: torch.dtype
+    ) -> dict[float, tuple[torch.Tensor, torch.Tensor]]:
         """cos/sin [B, 1, T, head_dim/2] for each RoPE base in use."""
         if self.cfg.positions != "rope":
             return {}
         out = {}
         for base in {self.cfg.rope_base(i) for i in range(self.cfg.n_layers)}:
             freqs = position_ids[:, None, :, None].float() * getattr(self, _rope_key(base))
-            out[base] = ((freqs.cos() * self.rope_scale).to(dtype), (freqs.sin() * self.rope_scale).to(dtype))
+            out[base] = (
+                (freqs.cos() * self.rope_scale).to(dtype),
+                (freqs.sin() * self.rope_scale).to(dtype),
+            )
         return out
 
-    def _mask(self, T: int, window: int | None, pad: torch.Tensor | None, device: torch.device) -> torch.Tensor | None:
+    def _mask(
+        self, T: int, window: int | None, pad: torch.Tensor | None, device: torch.device
+    ) -> torch.Tensor | None:
         """bool [B|1, 1, T, T] (True = may attend), or None when plain causal attention suffices."""
         causal = self.cfg.causal
         if pad is None and window is None:
@@ -567,7 +651,9 @@ class Transformer(HookedMixin, nn.Module):
         allowed = allowed[None, None]
         if pad is not None:
             # Padding keys are hidden; a query always sees itself so no row is empty.
-            allowed = allowed & (pad[:, None, None, :] | torch.eye(T, dtype=torch.bool, device=device))
+            allowed = allowed & (
+                pad[:, None, None, :] | torch.eye(T, dtype=torch.bool, device=device)
+            )
         return allowed
 
     # ------------------------------------------------------------------ facts
@@ -575,7 +661,9 @@ class Transformer(HookedMixin, nn.Module):
         """Parameter count (tied weights once); optionally without token/position embeddings."""
         n = sum(p.numel() for p in self.parameters())
         if non_embedding:
-            n -= self.embed.weight.numel() + (self.pos_embed.weight.numel() if self.pos_embed is not None else 0)
+            n -= self.embed.weight.numel() + (
+                self.pos_embed.weight.numel() if self.pos_embed is not None else 0
+            )
         return n
 
 

@@ -5,8 +5,25 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
 from lmlab.paths import data_dir
+
+
+@pytest.fixture
+def one_thread(request):
+    """One torch thread for small ops (no thread spinning; several times faster on a shared 2-core CPU).
+
+    Tests marked slow that run real 135M models keep every thread. Use it per file with
+    `pytestmark = pytest.mark.usefixtures("one_thread")`.
+    """
+    if request.node.get_closest_marker("slow"):
+        yield
+        return
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="session")

@@ -12,13 +12,7 @@ from lmlab.interp import ablation, circuits
 from lmlab.interp.toy_train import train
 from lmlab.model import Transformer
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see tests/conftest.py
 
 
 def tiny(**kw) -> Transformer:

@@ -23,16 +23,7 @@ ITEMS = Path(__file__).parent / "data" / "hellaswag_20.jsonl"
 PPL_REL_TOL = 0.005  # the acceptance bound; random tiny models agree to ~1e-6
 
 
-@pytest.fixture(autouse=True)
-def one_thread(request):
-    """Tiny models: one torch thread avoids oversubscription on a shared machine (measured 25x faster)."""
-    if request.node.get_closest_marker("slow"):  # the real 135M model keeps every thread
-        yield
-        return
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see tests/conftest.py
 
 
 def _hf_config(family: str):

@@ -25,14 +25,7 @@ from lmlab.finetune.sft import IGNORE, SFTConfig, sft_batch, sft_example, sft_lo
 from lmlab.peft import apply_lora
 from lmlab.tokenizers.char import CharTokenizer
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Small ops on a shared 2-core CPU run several times faster on one thread (no spinning)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see tests/conftest.py
 
 
 def test_load_csv_tsv_jsonl_and_missing_label_column(tmp_path) -> None:

@@ -20,14 +20,7 @@ from lmlab.rl.grpo import (
 )
 from lmlab.rl.rollout import rollout
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models: one torch thread avoids oversubscription on a shared machine (40s -> 3s measured)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see tests/conftest.py
 
 
 def tiny(vocab: int = 16, seed: int = 0, kind: str = "llama-tiny") -> Transformer:

@@ -11,14 +11,7 @@ from lmlab.hooks import HookError
 from lmlab.interp import attribution, heads, lens, patching, probes, sinks, viz
 from lmlab.model import Transformer
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: extra threads only add synchronisation (and stall on a busy shared machine)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see tests/conftest.py
 
 
 def tiny(name: str = "llama-tiny", **kw) -> Transformer:

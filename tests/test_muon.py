@@ -17,14 +17,7 @@ from lmlab.model import Transformer
 from lmlab.optim import Muon, muon_param_groups
 from lmlab.optim.newton_schulz import orthogonalize
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny matrices: one thread avoids thread contention on a shared CPU (10x faster here)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see tests/conftest.py
 
 
 def tiny(name: str = "gpt2-tiny", seed: int = 0) -> Transformer:

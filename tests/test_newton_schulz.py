@@ -20,13 +20,7 @@ from lmlab.optim.newton_schulz import (
 SHAPES = [(64, 64), (128, 32), (32, 200), (256, 512)]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny matrices: one thread avoids thread contention on a shared CPU (10x faster here)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see tests/conftest.py
 
 
 def spectrum_matrix(m: int, n: int, s: torch.Tensor, seed: int = 0):

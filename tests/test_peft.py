@@ -36,14 +36,7 @@ from lmlab.peft.report import (
     prompt_params,
 )
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Small ops on a shared 2-core CPU run several times faster on one thread (no spinning)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see tests/conftest.py
 
 
 FAMILIES = ["llama-tiny", "gpt2-tiny", "mistral-tiny", "gemma3-tiny", "gpt-oss-tiny"]

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 
 from lmlab import recipes
 from lmlab.cli import main as cli
@@ -17,14 +16,7 @@ from lmlab.runs import RunDir
 from lmlab.weights.packaged import packaged_path
 from tests.conftest import data_file
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Small ops on a shared 2-core CPU run several times faster on one thread (no spinning)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see tests/conftest.py
 
 
 @pytest.fixture(scope="module")

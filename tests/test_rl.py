@@ -19,13 +19,7 @@ from lmlab.tokenizers.char import CharTokenizer
 TOK = CharTokenizer(CHARS)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models: one torch thread avoids oversubscription on a shared machine (40s -> 3s measured)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see tests/conftest.py
 
 
 def tiny(seed: int = 0, ctx: int = 32) -> Transformer:

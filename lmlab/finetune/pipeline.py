@@ -55,6 +55,21 @@ def prepare_splits(spec: DataSpec) -> list[LabeledTexts]:
     return split(data, tuple(spec.fractions), spec.seed)
 
 
+def sms_spam_splits(name: str, per_class: int, seed: int) -> list[LabeledTexts]:
+    """Balanced 70/10/20 ham/spam splits of a label<TAB>text file in the data folder."""
+    from lmlab.paths import data_dir
+
+    path = data_dir() / name
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{path} not found; put {name} (label<TAB>text lines) into {data_dir()}"
+        )
+    spec = DataSpec(
+        str(path), columns=["label", "text"], labels=["ham", "spam"], per_class=per_class, seed=seed
+    )
+    return prepare_splits(spec)
+
+
 def _cap(data: LabeledTexts, n: int) -> LabeledTexts:
     seen: dict[int, int] = {}
     keep = []

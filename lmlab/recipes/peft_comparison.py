@@ -10,8 +10,7 @@ from lmlab.config import ConfigError
 from lmlab.finetune.classify import ClassifyConfig, SequenceClassifier, train_classifier
 from lmlab.finetune.data import LabeledTexts
 from lmlab.finetune.memory import PeakMemory
-from lmlab.finetune.pipeline import DataSpec, prepare_splits
-from lmlab.paths import data_dir
+from lmlab.finetune.pipeline import sms_spam_splits
 from lmlab.runs import RunDir
 
 SUMMARY = "LoRA, prompt/prefix tuning, Houlsby/Pfeiffer adapters, last block on SMS spam: params vs formula, acc, time, memory"
@@ -174,19 +173,7 @@ def run(cfg: Config, out: RunDir) -> dict:
     bad = [m for m in methods if m not in METHODS]
     if bad or not methods:
         raise ConfigError(f"methods: {bad or methods} not known; choose from {', '.join(METHODS)}")
-    path = data_dir() / cfg.data
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"{path} not found; put {cfg.data} (label<TAB>text lines) into {data_dir()}"
-        )
-    spec = DataSpec(
-        str(path),
-        columns=["label", "text"],
-        labels=["ham", "spam"],
-        per_class=cfg.per_class,
-        seed=cfg.seed,
-    )
-    parts = prepare_splits(spec)
+    parts = sms_spam_splits(cfg.data, cfg.per_class, cfg.seed)
     rows = []
     for method in methods:
         print(f"peft-comparison: {method}")

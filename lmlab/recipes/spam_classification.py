@@ -6,9 +6,8 @@ from dataclasses import dataclass
 
 from lmlab.config import ConfigError
 from lmlab.finetune.classify import ClassifyConfig
-from lmlab.finetune.pipeline import DataSpec, classify_and_report, prepare_splits
+from lmlab.finetune.pipeline import classify_and_report, sms_spam_splits
 from lmlab.finetune.truncate import keep_blocks
-from lmlab.paths import data_dir
 from lmlab.runs import RunDir
 
 SUMMARY = "SMS spam classification: SmolLM2-135M-Instruct (or GPT-2) + head on the last token, balanced 70/10/20"
@@ -62,19 +61,7 @@ def run(cfg: Config, out: RunDir) -> dict:
 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    path = data_dir() / cfg.data
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"{path} not found; put {cfg.data} (label<TAB>text lines) into {data_dir()}"
-        )
-    spec = DataSpec(
-        str(path),
-        columns=["label", "text"],
-        labels=["ham", "spam"],
-        per_class=cfg.per_class,
-        seed=cfg.seed,
-    )
-    parts = prepare_splits(spec)
+    parts = sms_spam_splits(cfg.data, cfg.per_class, cfg.seed)
     model, tok = load_pretrained(cfg.model)
     if cfg.n_layers:
         keep_blocks(model, cfg.n_layers)
