@@ -4,7 +4,9 @@ Decoding one token reads every weight once, so on a CPU it is bound by memory ba
 weights are a quarter of float32's bytes. Two kinds:
 - "int8": weight-only; activations stay floating point (bfloat16 inside the fused kernel).
 - "int8-dynamic": weights int8 and each input quantized to int8 on the fly (per tensor, 7-bit
-  range), multiplied on fbgemm's int8 kernels: the fastest on AVX2 CPUs, at some quality cost.
+  range), multiplied on fbgemm's int8 kernels: the fastest on AVX2 CPUs, at a quality cost that is
+  large for models with attention-sink tokens (one scale per input matrix: SmolLM2's perplexity
+  rises 209% vs 0.65% for weight-only; docs/BENCHMARKS.md).
 """
 
 from __future__ import annotations
