@@ -1,7 +1,7 @@
 """Decode speed: lmlab `generate` vs transformers `generate` (and llama.cpp if installed), same run.
 
     python bench/generate_speed.py [--model smollm2-135m-instruct] [--batch 1 8] [--dtype float32]
-        [--new-tokens 32] [--prompt-len 32] [--reps 3] [--compile] [--int8] [--llama-cpp]
+        [--new-tokens 32] [--prompt-len 32] [--reps 3] [--int8] [--llama-cpp]
 
 Both libraries get the same weights (lmlab's model exported through its name map into a
 transformers model in memory) and the same prompts; greedy decoding with EOS disabled so every
@@ -110,7 +110,6 @@ def main() -> None:
     p.add_argument("--prompt-len", type=int, default=32)
     p.add_argument("--reps", type=int, default=3)
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
-    p.add_argument("--compile", action="store_true", help="also lmlab with a compiled decode step")
     p.add_argument("--int8", action="store_true", help="also lmlab with int8 weight-only linears")
     p.add_argument(
         "--ppl-chars",
@@ -126,11 +125,6 @@ def main() -> None:
     dtype = getattr(torch, args.dtype)
     model, tok = lmlab.load(args.model, dtype=dtype)
     runners = {"lmlab": lambda x, n: run_ours(model, x, n)}
-    if args.compile:
-        from lmlab.generate.compiled import compile_decode
-
-        fast = compile_decode(copy.deepcopy(model))
-        runners["lmlab+compile"] = lambda x, n: run_ours(fast, x, n)
     if args.int8:
         from lmlab.generate.quantize import quantize_int8
 
