@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 
 from lmlab.rl.rewards import format_reward, numeric_correctness
-from lmlab.rl.tasks.base import RLTask
+from lmlab.rl.tasks.base import RLTask, unique_rows
 
 NAMES = ["Tom", "Ann", "Sam", "Lily", "Max", "Mia", "Ben", "Zoe", "Leo", "Eva"]
 ITEMS = ["apples", "pens", "books", "cards", "coins", "shells", "stickers", "marbles"]
@@ -46,13 +46,7 @@ def ArithmeticTask(
     `shot` adds one solved example turn before each problem (a demonstration of the reply format).
     """
     rng = random.Random(seed)
-    seen: set[str] = set()
-    rows = []
-    while len(rows) < n_train + n_test:
-        row = problem(rng, max_number)
-        if row["prompt"] not in seen:
-            seen.add(row["prompt"])
-            rows.append(row)
+    rows = unique_rows(lambda: problem(rng, max_number), n_train + n_test)
     return RLTask(
         train=rows[n_test:],
         test=rows[:n_test],

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,3 +23,15 @@ class RLTask:
     correctness: str = ""  # name of the reward function that measures correctness
     shots: list[tuple[str, str]] = field(default_factory=list)  # (question, reply) demonstrations
     extra: dict[str, Any] = field(default_factory=dict)
+
+
+def unique_rows(make: Callable[[], dict[str, Any]], n: int) -> list[dict[str, Any]]:
+    """`n` rows from repeated `make()` calls, no two with the same prompt (so splits are disjoint)."""
+    seen: set[str] = set()
+    rows: list[dict[str, Any]] = []
+    while len(rows) < n:
+        row = make()
+        if row["prompt"] not in seen:
+            seen.add(row["prompt"])
+            rows.append(row)
+    return rows

@@ -8,7 +8,7 @@ from collections import Counter
 from typing import Any
 
 from lmlab.rl.rewards import extract_answer, format_reward
-from lmlab.rl.tasks.base import RLTask
+from lmlab.rl.tasks.base import RLTask, unique_rows
 
 INSTRUCTION = (
     "Write an equation that uses the given numbers (each at most once) with + - * / and equals "
@@ -75,13 +75,7 @@ def CountdownTask(
 ) -> RLTask:
     """Disjoint train/test puzzles; rewards: correctness (1) and format (0.5)."""
     rng = random.Random(seed)
-    seen: set[str] = set()
-    rows = []
-    while len(rows) < n_train + n_test:
-        row = puzzle(rng, n_numbers, max_number)
-        if row["prompt"] not in seen:
-            seen.add(row["prompt"])
-            rows.append(row)
+    rows = unique_rows(lambda: puzzle(rng, n_numbers, max_number), n_train + n_test)
     return RLTask(
         train=rows[n_test:],
         test=rows[:n_test],
