@@ -80,9 +80,8 @@ def rope_inv_freq(cfg: Config, base: float) -> tuple[torch.Tensor, float]:
         inv = torch.where(
             wavelen > low_wl, inv / factor, torch.where(wavelen < high_wl, inv, mixed)
         )
-    elif (
-        cfg.rope_scaling == "yarn"
-    ):  # YaRN (Peng et al. 2023): interpolate low, extrapolate high frequencies
+    elif cfg.rope_scaling == "yarn":
+        # YaRN (Peng et al. 2023): interpolate low, extrapolate high frequencies
         old = cfg.rope_original_max_seq_len
 
         def correction_dim(rotations: float) -> float:
@@ -127,16 +126,9 @@ class Attention(nn.Module):
         self.k = nn.Linear(cfg.d_model, kv * d, bias=cfg.attn_qkv_bias)
         self.v = nn.Linear(cfg.d_model, kv * d, bias=cfg.attn_qkv_bias)
         self.o = nn.Linear(h * d, cfg.d_model, bias=cfg.attn_out_bias)
-        self.q_norm = (
-            Norm(d, "rmsnorm" if cfg.norm == "layernorm" else cfg.norm, cfg.norm_eps)
-            if cfg.qk_norm
-            else None
-        )
-        self.k_norm = (
-            Norm(d, "rmsnorm" if cfg.norm == "layernorm" else cfg.norm, cfg.norm_eps)
-            if cfg.qk_norm
-            else None
-        )
+        qk_kind = "rmsnorm" if cfg.norm == "layernorm" else cfg.norm
+        self.q_norm = Norm(d, qk_kind, cfg.norm_eps) if cfg.qk_norm else None
+        self.k_norm = Norm(d, qk_kind, cfg.norm_eps) if cfg.qk_norm else None
         self.sinks = nn.Parameter(torch.zeros(h)) if cfg.attn_sinks else None
         # Prefix tuning: extra keys/values [KV, P, D] or [B, KV, P, D] every query attends to (no RoPE).
         self.prefix: tuple[torch.Tensor, torch.Tensor] | None = None
@@ -145,9 +137,8 @@ class Attention(nn.Module):
         self.hook_rot_q, self.hook_rot_k = HookPoint(), HookPoint()
         self.hook_attn_scores, self.hook_pattern = HookPoint(), HookPoint()
         self.hook_z = HookPoint()
-        self.hook_result = (
-            HookPoint()
-        )  # [B, T, H, d_model], per-head outputs, computed only when hooked
+        # [B, T, H, d_model], per-head outputs, computed only when hooked
+        self.hook_result = HookPoint()
 
     def forward(
         self,
@@ -352,17 +343,11 @@ class MoE(nn.Module):
         order = flat_idx.argsort(stable=True)
         counts = torch.bincount(flat_idx, minlength=self.cfg.n_experts).tolist()
         xs = x.reshape(-1, d)[order // k]
-        pre, lin = (
-            self._per_expert(
-                xs,
-                counts,
-                self.gate if self.gate is not None else self.up,
-                self.gate_bias if self.gate is not None else self.up_bias,
-            ),
-            None,
+        gated = self.gate is not None
+        pre = self._per_expert(
+            xs, counts, self.gate if gated else self.up, self.gate_bias if gated else self.up_bias
         )
-        if self.gate is not None:
-            lin = self._per_expert(xs, counts, self.up, self.up_bias)
+        lin = self._per_expert(xs, counts, self.up, self.up_bias) if gated else None
         unsort = torch.empty_like(order)
         unsort[order] = torch.arange(order.numel(), device=order.device)
         pre = self._hooked(self.hook_pre, pre, order, unsort, B, T)

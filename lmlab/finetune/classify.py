@@ -90,9 +90,8 @@ class SequenceClassifier(nn.Module):
         """[B, T, d] -> [B, d]: the last real token, the mean over real tokens, or the first."""
         if self.pool == "first":
             return h[:, 0]
-        if (
-            h.shape[1] != mask.shape[1]
-        ):  # prompt tuning prepended virtual tokens: they count as real
+        if h.shape[1] != mask.shape[1]:
+            # prompt tuning prepended virtual tokens: they count as real
             extra = torch.ones(
                 mask.shape[0], h.shape[1] - mask.shape[1], dtype=mask.dtype, device=mask.device
             )

@@ -12,7 +12,7 @@ import re
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 from torch import nn
 
 from lmlab.peft.lora import LoraConfig, apply_lora, lora_layers
@@ -73,7 +73,7 @@ def save_lora(model: nn.Module, folder: str | Path, base_model_name: str | None 
     }
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    save_file(tensors, str(folder / "adapter_model.safetensors"))
+    atomic_write(folder / "adapter_model.safetensors", save(tensors))
     atomic_write(folder / "adapter_config.json", json.dumps(config, indent=2) + "\n")
     return folder
 

@@ -29,10 +29,8 @@ class PrefixTuning(nn.Module):
         if not isinstance(n_prefix, int) or n_prefix < 1:
             raise ValueError(f"n_prefix={n_prefix!r} must be a positive integer (e.g. 10)")
         cfg = model.cfg
-        self.n_prefix, self.shape = (
-            n_prefix,
-            (cfg.n_layers, 2, cfg.n_kv_heads, n_prefix, cfg.head_dim),
-        )
+        self.n_prefix = n_prefix
+        self.shape = (cfg.n_layers, 2, cfg.n_kv_heads, n_prefix, cfg.head_dim)
         if reparam_hidden:
             out = cfg.n_layers * 2 * cfg.n_kv_heads * cfg.head_dim
             self.embedding = nn.Parameter(torch.randn(n_prefix, cfg.d_model) * init_std)

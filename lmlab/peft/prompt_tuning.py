@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from lmlab.peft._inject import call_parts, check_free, set_prefixes, shifted_positions
+from lmlab.peft.prefix_tuning import prompt_kv
 
 INITS = ("random", "vocab", "text")
 
@@ -50,31 +51,22 @@ class PromptTuning(nn.Module):
         self.embedding = nn.Parameter(vec.float().to(W.dtype))
         self.replace = False  # True while a forward pass must put the vectors in the first n slots
 
-    @torch.no_grad()
     def to_prefix(self, model: nn.Module) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Keys/values the virtual tokens leave at every layer (causal models)."""
-        from lmlab.generate.cache import KVCache
-
-        cache = KVCache(model, 1, self.n_virtual)
         self.replace = True
         try:
-            ids = torch.zeros(1, self.n_virtual, dtype=torch.long, device=self.embedding.device)
             model._prompt_busy = True
-            model(ids, cache=cache)
+            return prompt_kv(model, [0] * self.n_virtual)  # placeholder ids, replaced at hook_embed
         finally:
             model._prompt_busy, self.replace = False, False
-        return [(cache.k[i][0], cache.v[i][0]) for i in range(model.cfg.n_layers)]
 
 
-def _embed_hook(pt: PromptTuning):
-    def hook(x: torch.Tensor, hook=None) -> torch.Tensor:
-        if not pt.replace:
-            return x
-        n = pt.n_virtual
-        v = pt.embedding.to(x.dtype).unsqueeze(0).expand(x.shape[0], -1, -1)
-        return torch.cat([v, x[:, n:]], 1)
-
-    return hook
+def _replace_embeddings(pt: PromptTuning, x: torch.Tensor) -> torch.Tensor:
+    """At `hook_embed`: the first n positions get the virtual tokens while `pt.replace` is set."""
+    if not pt.replace:
+        return x
+    v = pt.embedding.to(x.dtype).unsqueeze(0).expand(x.shape[0], -1, -1)
+    return torch.cat([v, x[:, pt.n_virtual :]], 1)
 
 
 def _pre_hook(model: nn.Module, args: tuple, kwargs: dict):
@@ -129,7 +121,7 @@ def apply_prompt_tuning(
     model.prompt_tuning = pt
     model._prompt_handles = [
         model.register_forward_pre_hook(_pre_hook, with_kwargs=True),
-        model.hook_embed.register_forward_hook(lambda m, a, out: _embed_hook(pt)(out)),
+        model.hook_embed.register_forward_hook(lambda m, a, out: _replace_embeddings(pt, out)),
     ]
     return pt
 
