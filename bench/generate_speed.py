@@ -1,7 +1,7 @@
 """Decode speed: lmlab `generate` vs transformers `generate` (and llama.cpp if installed), same run.
 
     python bench/generate_speed.py [--model smollm2-135m-instruct] [--batch 1 8] [--dtype float32]
-        [--new-tokens 32] [--prompt-len 32] [--reps 3] [--int8] [--llama-cpp]
+        [--new-tokens 32] [--prompt-len 32] [--reps 3] [--compile] [--int8] [--llama-cpp]
 
 Both libraries get the same weights (lmlab's model exported through its name map into a
 transformers model in memory) and the same prompts; greedy decoding with EOS disabled so every
@@ -41,9 +41,9 @@ def hf_model(model: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
     return hf.to(dtype).eval()
 
 
-def run_ours(model, prompts: torch.Tensor, n: int) -> float:
+def run_ours(model, prompts: torch.Tensor, n: int, compile: bool = False) -> float:
     t0 = time.perf_counter()
-    out = generate(model, prompts, max_new_tokens=n, stop_ids=[])
+    out = generate(model, prompts, max_new_tokens=n, stop_ids=[], compile=compile)
     assert all(len(s) == n for s in out.sequences)
     return time.perf_counter() - t0
 
@@ -110,6 +110,7 @@ def main() -> None:
     p.add_argument("--prompt-len", type=int, default=32)
     p.add_argument("--reps", type=int, default=3)
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    p.add_argument("--compile", action="store_true", help="also lmlab with generate(compile=True)")
     p.add_argument("--int8", action="store_true", help="also lmlab with int8 weight-only linears")
     p.add_argument(
         "--ppl-chars",
@@ -125,12 +126,16 @@ def main() -> None:
     dtype = getattr(torch, args.dtype)
     model, tok = lmlab.load(args.model, dtype=dtype)
     runners = {"lmlab": lambda x, n: run_ours(model, x, n)}
+    if args.compile:
+        runners["lmlab+compile"] = lambda x, n: run_ours(model, x, n, compile=True)
     if args.int8:
         from lmlab.generate.quantize import quantize_int8
 
         q8 = quantize_int8(copy.deepcopy(model), kind="int8")
         qd = quantize_int8(copy.deepcopy(model), kind="int8-dynamic")
         runners["lmlab+int8"] = lambda x, n: run_ours(q8, x, n)
+        if args.compile:
+            runners["lmlab+int8+compile"] = lambda x, n: run_ours(q8, x, n, compile=True)
         runners["lmlab+int8-dyn"] = lambda x, n: run_ours(qd, x, n)
         if args.ppl_chars:
             quality(model, tok, {"int8": q8, "int8-dynamic": qd}, args.ppl_chars)
@@ -158,7 +163,7 @@ def main() -> None:
         prompts = torch.randint(100, model.cfg.vocab_size - 100, (B, args.prompt_len), generator=g)
         res = measure(runners, prompts, args.new_tokens, args.reps)
         print(f"\nbatch {B}")
-        print(f"  {'':16s} {'TTFT ms':>9s} {'decode tok/s/row':>17s} {'total tok/s':>12s}  vs peer")
+        print(f"  {'':20s} {'TTFT ms':>9s} {'decode tok/s/row':>17s} {'total tok/s':>12s}  vs peer")
         for name, (ttft, dec, tot) in res.items():
             ratio = ""
             if peer and name != peer:
@@ -166,7 +171,7 @@ def main() -> None:
                 ratio = f"decode {dec / pd:.2f}x, TTFT {res[peer][0] / ttft:.2f}x faster"
             if "llama.cpp" in res and name.startswith("lmlab"):
                 ratio += f"; vs llama.cpp decode {dec / res['llama.cpp'][1]:.2f}x"
-            print(f"  {name:16s} {ttft * 1e3:9.1f} {dec:17.1f} {tot:12.1f}  {ratio}")
+            print(f"  {name:20s} {ttft * 1e3:9.1f} {dec:17.1f} {tot:12.1f}  {ratio}")
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """GRPO speed: lmlab `GRPOTrainer` vs TRL's `GRPOTrainer` (transformers backend, no vLLM), same run.
 
     python bench/grpo_speed.py [--model smollm2-135m-instruct] [--group 8] [--prompts 2]
-        [--new-tokens 32] [--steps 2] [--threads 1] [--eos] [--only lmlab|trl]
+        [--new-tokens 32] [--steps 2] [--threads 1] [--eos] [--only lmlab|trl] [--compile]
 
 Both trainers get the same weights (lmlab's model dequantized once; TRL's is a transformers Llama
 holding the same tensors), the same arithmetic word-problem prompts (chat template applied as
@@ -52,10 +52,10 @@ def hf_pieces(name: str):
     return model.float(), tok
 
 
-def bench_lmlab(args, rows: list[dict], task) -> dict:
+def bench_lmlab(args, rows: list[dict], task, compile: bool = False) -> dict:
     model, tok = lmlab.load(args.model)
     cfg = GRPOConfig(
-        model=args.model, num_generations=args.group, prompts_per_step=args.prompts,
+        model=args.model, compile=compile, num_generations=args.group, prompts_per_step=args.prompts,
         micro_batch_size=args.group * args.prompts, max_new_tokens=args.new_tokens, lr=args.lr,
         beta=0.0, loss_type="dapo", temperature=1.0, max_steps=args.steps + 1, eval_size=0,
         out_dir=args.out + "/lmlab", seed=0,
@@ -133,6 +133,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1, help="torch threads (0: leave as is)")
     ap.add_argument("--eos", action="store_true", help="stop at EOS (lengths then differ)")
     ap.add_argument("--only", choices=["lmlab", "trl"], default=None)
+    ap.add_argument("--compile", action="store_true", help="also lmlab with compiled rollouts")
     ap.add_argument("--out", default="/tmp/lmlab_grpo_bench")
     args = ap.parse_args()
     if args.threads:
@@ -153,18 +154,22 @@ def main() -> None:
           f"{torch.get_num_threads()} threads; G={args.group}, {args.prompts} prompts/step, "
           f"{args.new_tokens} new tokens, {args.steps} timed steps, eos={args.eos}")  # fmt: skip
     results = {}
-    for name, fn in (("lmlab", bench_lmlab), ("trl", bench_trl)):
-        if args.only in (None, name):
+    runs = [("lmlab", bench_lmlab), ("trl", bench_trl)]
+    if args.compile:
+        runs.insert(1, ("lmlab+compile", lambda *a: bench_lmlab(*a, compile=True)))
+    for name, fn in runs:
+        if args.only in (None, name.split("+")[0]):
             torch.manual_seed(0)
             results[name] = fn(args, task.train, task)
             r = results[name]
-            print(f"{name:6s} rollout {r['rollout_tok_s']:8.1f} tok/s   {r['steps_per_min']:6.2f} "
+            print(f"{name:13s} rollout {r['rollout_tok_s']:8.1f} tok/s   {r['steps_per_min']:6.2f} "
                   f"steps/min   {r['tokens_per_step']:.0f} tokens/step, rollout "
                   f"{100 * r['rollout_share']:.0f}% of step time")  # fmt: skip
-    if len(results) == 2:
-        a, b = results["lmlab"], results["trl"]
-        print(f"ratio lmlab/TRL: rollout tokens/s {a['rollout_tok_s'] / b['rollout_tok_s']:.2f}x, "
-              f"optimizer steps/min {a['steps_per_min'] / b['steps_per_min']:.2f}x")  # fmt: skip
+    b = results.get("trl")
+    for name, a in results.items():
+        if b is not None and name != "trl":
+            print(f"ratio {name}/TRL: rollout tokens/s {a['rollout_tok_s'] / b['rollout_tok_s']:.2f}x, "
+                  f"optimizer steps/min {a['steps_per_min'] / b['steps_per_min']:.2f}x")  # fmt: skip
 
 
 if __name__ == "__main__":

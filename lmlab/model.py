@@ -546,12 +546,14 @@ class Transformer(HookedMixin, nn.Module):
         if cache is not None:
             pos = cache.begin(tokens, attention_mask)
             position_ids = pos if position_ids is None else position_ids
-        total = T + (cache.length if cache is not None else 0)
-        if total > cfg.max_seq_len and cfg.positions == "learned":
-            raise ValueError(
-                f"sequence length {total} exceeds max_seq_len={cfg.max_seq_len} of this model; "
-                "truncate the input or use a model with a longer context"
-            )
+        # learned positions must fit the table (a static cache was checked when it was built)
+        if cfg.positions == "learned" and not (cache is not None and cache.static):
+            total = T + (cache.length if cache is not None else 0)
+            if total > cfg.max_seq_len:
+                raise ValueError(
+                    f"sequence length {total} exceeds max_seq_len={cfg.max_seq_len} of this model; "
+                    "truncate the input or use a model with a longer context"
+                )
         if attention_mask is not None and cache is None:
             if attention_mask.shape != (B, T):
                 raise ValueError(

@@ -25,8 +25,9 @@ FAMILIES = {  # windows shorter than the 21-token texts: decoding runs past them
 }
 
 
+@pytest.mark.parametrize("static", [False, True], ids=["growing", "static"])
 @pytest.mark.parametrize("name", list(FAMILIES))
-def test_cached_decoding_equals_full_forward(name):
+def test_cached_decoding_equals_full_forward(name, static):
     torch.manual_seed(0)
     model = Transformer(preset(name, **FAMILIES[name])).eval()
     lens, T0, N = [9, 6, 4], 9, 12
@@ -35,7 +36,7 @@ def test_cached_decoding_equals_full_forward(name):
     mask = torch.zeros(3, T0, dtype=torch.long)
     for b, n in enumerate(lens):  # left padding, unequal prompt lengths
         prompt[b, T0 - n :], mask[b, T0 - n :] = toks[b, :n], 1
-    cache = KVCache(model, 3, T0 + N)
+    cache = KVCache(model, 3, T0 + N + 5 * static, static=static)  # static: spare slots too
     worst = 0.0
     with torch.no_grad():
         out = model(prompt, attention_mask=mask, cache=cache)[:, -1]
@@ -170,6 +171,25 @@ def test_hooks_stay_live_during_generation():
         steered = generate(model, [[1, 2, 3]], max_new_tokens=6).sequences[0]
     assert steered != plain
     assert generate(model, [[1, 2, 3]], max_new_tokens=6).sequences[0] == plain
+
+
+def test_compiled_generation_equals_eager_compiles_once_and_keeps_hooks():
+    from torch._dynamo.utils import counters
+
+    torch.manual_seed(0)
+    model = Transformer(preset("gemma3-tiny", sliding_window=6)).eval()
+    prompts = [[5, 6, 7, 8, 9, 10, 11], [1, 2]]  # left padding; decoding runs past the window
+    eager = generate(model, prompts, max_new_tokens=12).sequences
+    assert generate(model, prompts, max_new_tokens=12, compile=True).sequences == eager
+    graphs = counters["stats"]["unique_graphs"]
+    again = generate(model, [[3, 4, 5], [9, 8]], max_new_tokens=20, compile=True).sequences
+    assert counters["stats"]["unique_graphs"] == graphs  # same batch and cache bucket: replayed
+    assert again == generate(model, [[3, 4, 5], [9, 8]], max_new_tokens=20).sequences
+    push = torch.randn(model.cfg.d_model) * 50
+    with model.hooks(fwd_hooks=[("blocks.1.hook_resid_post", lambda x, hook: x + push)]):
+        steered = generate(model, prompts, max_new_tokens=12, compile=True).sequences
+        assert steered == generate(model, prompts, max_new_tokens=12).sequences
+    assert steered != eager
 
 
 @pytest.mark.parametrize("name", ["llama-tiny", "gpt2-tiny", "gpt-oss-tiny"])

@@ -21,13 +21,16 @@ def add_sampling_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--repetition-penalty", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--dtype", default=None, help="float32 (default) or bfloat16")
+    p.add_argument(
+        "--compile", action="store_true", help="decode through torch.compile (slow first call)"
+    )
 
 
 def sampling_kwargs(args: argparse.Namespace) -> dict:
     return dict(
         max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
         top_p=args.top_p, min_p=args.min_p, repetition_penalty=args.repetition_penalty,
-        seed=args.seed,
+        seed=args.seed, compile=args.compile,
     )  # fmt: skip
 
 

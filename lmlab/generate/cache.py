@@ -2,6 +2,11 @@
 
 Rows may be left-padded: the cache keeps which slots hold real tokens (`key_mask`) and each row's
 next position, so a padded row gets the positions and attention it would have alone.
+
+Two ways to read it back. By default each layer attends to the slots filled so far (the fastest
+eager path: attention work grows with the text). With `static=True` every shape is fixed: new
+keys/values are written at a tensor cursor and attention always spans all `max_len` slots, with
+unfilled ones masked out, so a decode step can be compiled once (`torch.compile`) and replayed.
 """
 
 from __future__ import annotations
@@ -16,12 +21,18 @@ class LayerCache:
         self.cache, self.layer = cache, layer
 
     def update(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """k, v: [B, KV, T, D] (keys after RoPE) -> cached keys/values [B, KV, length + T, D]."""
-        c = self.cache
+        """k, v: [B, KV, T, D] (keys after RoPE) -> cached keys/values [B, KV, S, D]
+
+        (S = length + T, or max_len for a static cache)."""
+        c, i = self.cache, self.layer
+        if c.static:
+            c.k[i].index_copy_(2, c.slots, k)
+            c.v[i].index_copy_(2, c.slots, v)
+            return c.k[i], c.v[i]
         start, end = c.length, c.length + k.shape[2]
-        c.k[self.layer][:, :, start:end] = k
-        c.v[self.layer][:, :, start:end] = v
-        return c.k[self.layer][:, :, :end], c.v[self.layer][:, :, :end]
+        c.k[i][:, :, start:end] = k
+        c.v[i][:, :, start:end] = v
+        return c.k[i][:, :, :end], c.v[i][:, :, :end]
 
 
 class KVCache:
@@ -34,11 +45,17 @@ class KVCache:
         max_len: int,
         dtype: torch.dtype | None = None,
         device: torch.device | str | None = None,
+        static: bool = False,
     ) -> None:
         cfg = model.cfg
         if max_len <= 0 or batch_size <= 0:
             raise ValueError(
                 f"KVCache needs batch_size > 0 and max_len > 0, got {batch_size}, {max_len}"
+            )
+        if static and cfg.positions == "learned" and max_len > cfg.max_seq_len:
+            raise ValueError(
+                f"a static cache of max_len={max_len} exceeds this model's max_seq_len="
+                f"{cfg.max_seq_len} (learned positions); build it with max_len <= {cfg.max_seq_len}"
             )
         ref = next(model.parameters())
         dtype, device = dtype or ref.dtype, device or ref.device
@@ -47,7 +64,16 @@ class KVCache:
         self.v = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(cfg.n_layers)]
         self.key_mask = torch.zeros(batch_size, max_len, dtype=torch.bool, device=device)
         self.next_pos = torch.zeros(batch_size, dtype=torch.long, device=device)
-        self.batch_size, self.max_len, self.length = batch_size, max_len, 0
+        self.batch_size, self.max_len, self.static = batch_size, max_len, static
+        self._length = 0
+        # static caches count filled slots in a tensor (no Python int a compiled step would guard on)
+        self.cursor = torch.zeros((), dtype=torch.long, device=device)
+        self.slots = self.cursor[None]  # slots being written by the current forward
+
+    @property
+    def length(self) -> int:
+        """Tokens cached so far."""
+        return int(self.cursor) if self.static else self._length
 
     def layer(self, i: int) -> LayerCache:
         return LayerCache(self, i)
@@ -59,9 +85,9 @@ class KVCache:
             raise ValueError(
                 f"cache was built for batch {self.batch_size}, got tokens of batch {B}"
             )
-        if self.length + T > self.max_len:
+        if not self.static and self._length + T > self.max_len:
             raise ValueError(
-                f"cache is full: {self.length} cached + {T} new tokens > max_len={self.max_len}; "
+                f"cache is full: {self._length} cached + {T} new tokens > max_len={self.max_len}; "
                 "build the KVCache with a larger max_len (prompt length + max_new_tokens)"
             )
         real = (
@@ -69,16 +95,24 @@ class KVCache:
             if attention_mask is None
             else attention_mask.bool()
         )
-        self.key_mask[:, self.length : self.length + T] = real
+        if self.static:
+            self.slots = self.cursor + torch.arange(T, device=self.cursor.device)
+            self.key_mask.index_copy_(1, self.slots, real)
+        else:
+            self.key_mask[:, self._length : self._length + T] = real
         pos = self.next_pos[:, None] + real.long().cumsum(-1) - 1
         self.next_pos += real.long().sum(-1)
         return pos.clamp(min=0)
 
     def mask(self, T: int, window: int | None, causal: bool = True) -> torch.Tensor:
-        """bool [B, 1, T, length + T]: real keys, causal, within `window`; a query always sees itself."""
-        S = self.length + T
-        q = torch.arange(self.length, S, device=self.key_mask.device)[:, None]
-        k = torch.arange(S, device=self.key_mask.device)[None, :]
+        """bool [B, 1, T, S]: real keys, causal, within `window`; a query always sees itself."""
+        device = self.key_mask.device
+        if self.static:
+            q, S = self.slots[:, None], self.max_len
+        else:
+            S = self._length + T
+            q = torch.arange(self._length, S, device=device)[:, None]
+        k = torch.arange(S, device=device)[None, :]
         allowed = k <= q if causal else torch.ones_like(k <= q)
         if window is not None:
             allowed = allowed & (q - k < window)
@@ -87,7 +121,10 @@ class KVCache:
 
     def commit(self, T: int) -> None:
         """The forward pass over T new tokens finished: they are now part of the cache."""
-        self.length += T
+        if self.static:
+            self.cursor += T
+        else:
+            self._length += T
 
     def reorder(self, index: torch.Tensor) -> None:
         """Keep rows `index` (beam search): every layer's keys/values, masks and positions."""

@@ -9,6 +9,7 @@ from typing import Any
 import torch
 
 from lmlab.generate.cache import KVCache
+from lmlab.generate.compiled import compiled_forward, static_cache_len
 from lmlab.generate.sampling import SamplingConfig, apply_repetition_penalty, choose
 from lmlab.generate.stream import TextStream
 
@@ -99,13 +100,22 @@ def decode_steps(
     sampling: SamplingConfig,
     max_new_tokens: int,
     generator: torch.Generator | None = None,
+    compile: bool = False,
 ) -> Iterator[torch.Tensor]:
-    """Prefill the left-padded batch, then yield the next token ids [B] at each step."""
+    """Prefill the left-padded batch, then yield the next token ids [B] at each step.
+
+    compile: decode through `torch.compile` over a static cache (the prefill stays eager).
+    """
     device = next(model.parameters()).device
     pad = model.cfg.pad_token_id if model.cfg.pad_token_id is not None else 0
     tokens, mask = left_pad(ids, pad)
     tokens, mask = tokens.to(device), mask.to(device)
-    cache = KVCache(model, len(ids), tokens.shape[1] + max_new_tokens)
+    needed = tokens.shape[1] + max_new_tokens
+    if compile:
+        cache = KVCache(model, len(ids), static_cache_len(model, needed), static=True)
+        forward = compiled_forward(model)
+    else:
+        cache, forward = KVCache(model, len(ids), needed), model
     logits = model(tokens, attention_mask=mask, cache=cache)[:, -1]
     seen = torch.where(
         mask.bool(), tokens, tokens[:, -1:]
@@ -117,7 +127,7 @@ def decode_steps(
         if step + 1 == max_new_tokens:
             return
         seen = torch.cat([seen, nxt[:, None]], 1)
-        logits = model(nxt[:, None], cache=cache)[:, -1]
+        logits = forward(nxt[:, None], cache=cache)[:, -1]
 
 
 @torch.no_grad()
@@ -140,10 +150,13 @@ def generate(
     early_stopping: bool = False,
     num_return_sequences: int = 1,
     add_special: bool = True,
+    compile: bool = False,
 ) -> GenerationOutput:
     """Complete each prompt; rows of different lengths are left-padded and decoded together.
 
-    Hooks registered on the model (`model.hooks(...)`) stay active at every step.
+    Hooks registered on the model (`model.hooks(...)`) stay active at every step. `compile=True`
+    runs the decode steps through `torch.compile` (static cache): the first call compiles, later
+    calls of similar length and batch are faster (beam search stays eager).
     """
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens={max_new_tokens} must be >= 1")
@@ -171,7 +184,7 @@ def generate(
     out: list[list[int]] = [[] for _ in range(B)]
     reasons = ["length"] * B
     texts: list[str] | None = [""] * B if tokenizer is not None else None
-    for nxt in decode_steps(model, ids, sampling, max_new_tokens, generator):
+    for nxt in decode_steps(model, ids, sampling, max_new_tokens, generator, compile):
         for b, t in enumerate(nxt.tolist()):
             if reasons[b] != "length":
                 continue
@@ -200,11 +213,14 @@ def stream_generate(
     max_new_tokens = kwargs.pop("max_new_tokens", 256)
     stops = resolve_stop_ids(kwargs.pop("stop_ids", None), tokenizer, model)
     seed = kwargs.pop("seed", None)
+    compile = kwargs.pop("compile", False)
     ids = encode_prompts(prompt if isinstance(prompt, str) else [list(prompt)], tokenizer)
     check_context(model, len(ids[0]), max_new_tokens)
     generator = torch.Generator().manual_seed(seed) if seed is not None else None
     stream = TextStream(tokenizer)
-    for nxt in decode_steps(model, ids, SamplingConfig(**kwargs), max_new_tokens, generator):
+    for nxt in decode_steps(
+        model, ids, SamplingConfig(**kwargs), max_new_tokens, generator, compile
+    ):
         t = int(nxt[0])
         if t in stops:
             break

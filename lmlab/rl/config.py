@@ -24,6 +24,7 @@ class GRPOConfig:
     temperature: float = 1.0
     top_p: float | None = None
     top_k: int | None = None
+    compile: bool = False  # decode rollouts through torch.compile (static KV cache)
     beta: float = 0.0  # k3 KL weight; 0 keeps no reference model
     epsilon: float = 0.2
     epsilon_high: float | None = None  # None: = epsilon (DAPO uses 0.28)

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from lmlab.generate.cache import KVCache
+from lmlab.generate.compiled import compiled_forward, static_cache_len
 from lmlab.generate.generate import left_pad
 from lmlab.generate.sampling import SamplingConfig, choose
 from lmlab.rl.grpo import unembed
@@ -77,11 +78,13 @@ def rollout(
     mask_truncated: bool = False,
     generator: torch.Generator | None = None,
     share_prefix: bool = True,
+    compile: bool = False,
 ) -> Rollout:
     """Sample `group_size` completions of each prompt (token ids); temperature 0 decodes greedily.
 
     The prompts' common prefix (system prompt, demonstrations) is prefilled once for all rows,
-    each prompt's own rest once, and then the cache rows are repeated G times.
+    each prompt's own rest once, and then the cache rows are repeated G times. `compile`: decode
+    steps run through `torch.compile` on a static cache (compiled once per batch and length bucket).
     """
     if not prompts or any(len(p) == 0 for p in prompts):
         raise ValueError(
@@ -103,7 +106,11 @@ def rollout(
         prefix = torch.tensor(list(prompts[0][:S]), dtype=torch.long, device=device)
         rest = [list(p[S:]) for p in prompts]
         p_tokens, p_mask = (t.to(device) for t in left_pad(rest, pad))
-        cache = KVCache(model, 1 if S else len(prompts), S + p_tokens.shape[1] + max_new_tokens)
+        needed = S + p_tokens.shape[1] + max_new_tokens
+        if compile:
+            needed = static_cache_len(model, needed)
+        cache = KVCache(model, 1 if S else len(prompts), needed, static=compile)
+        forward = compiled_forward(model) if compile else model
         if S:
             model(prefix[None], cache=cache, return_hidden=True)
             cache.reorder(torch.zeros(len(prompts), dtype=torch.long, device=device))
@@ -127,7 +134,7 @@ def rollout(
             done = done | torch.isin(nxt, stops)
             if bool(done.all()) or step + 1 == max_new_tokens:
                 break
-            logits = model(nxt[:, None], cache=cache)[:, -1]
+            logits = forward(nxt[:, None], cache=cache)[:, -1]
     finally:
         model.train(was_training)
     comp = torch.stack(out, 1)

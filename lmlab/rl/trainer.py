@@ -140,6 +140,7 @@ class GRPOTrainer:
             self.model, self.encode(rows), G, cfg.max_new_tokens, temperature=cfg.temperature,
             top_p=cfg.top_p, top_k=cfg.top_k, stop_ids=self.stop_ids,
             mask_truncated=cfg.mask_truncated_completions, generator=self.sample_gen,
+            compile=cfg.compile,
         )  # fmt: skip
         t_roll = time.perf_counter() - t0
         texts = self.decode(ro.completions)

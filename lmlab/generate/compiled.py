@@ -1,0 +1,32 @@
+"""Compiled decoding: one `torch.compile`d forward replayed over a static KV cache.
+
+Eager decoding pays Python and dispatch costs for ~50 small ops per layer per token; compiling the
+one-token forward fuses them. Shapes must stay fixed for the compiled code to be reused, so the
+cache is static (`KVCache(static=True)`) and its length is rounded up to a bucket: generations of
+similar length share one compilation.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+BUCKET = 128
+
+
+def static_cache_len(model: nn.Module, needed: int, bucket: int = BUCKET) -> int:
+    """`needed` rounded up to a multiple of `bucket`, but never past the model's context."""
+    return max(needed, min(-(-needed // bucket) * bucket, model.cfg.max_seq_len))
+
+
+def compiled_forward(model: nn.Module) -> nn.Module:
+    """The model's forward under `torch.compile` (fixed shapes), built once and kept on the model.
+
+    The first call with a new batch size or cache bucket compiles (tens of seconds on a CPU); later
+    calls replay. Hooks still run: attaching or removing one triggers a recompile.
+    """
+    fn = model.__dict__.get("_compiled_forward")
+    if fn is None:
+        fn = torch.compile(model, dynamic=False)
+        model.__dict__["_compiled_forward"] = fn  # a plain attribute, not a registered submodule
+    return fn
