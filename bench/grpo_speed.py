@@ -1,12 +1,13 @@
 """GRPO speed: lmlab `GRPOTrainer` vs TRL's `GRPOTrainer` (transformers backend, no vLLM), same run.
 
     python bench/grpo_speed.py [--model smollm2-135m-instruct] [--group 8] [--prompts 2]
-        [--new-tokens 32] [--steps 2] [--threads 1] [--eos] [--only lmlab|trl] [--compile]
+        [--new-tokens 32] [--steps 2] [--threads 1] [--eos] [--only lmlab|trl] [--compile] [--bf16]
 
 Both trainers get the same weights (lmlab's model dequantized once; TRL's is a transformers Llama
 holding the same tensors), the same arithmetic word-problem prompts (chat template applied as
 text), group size, prompts per step, completion length, temperature 1, beta 0, loss `dapo`,
-learning rate, full-parameter AdamW and one optimizer step per batch of rollouts. Without `--eos`
+learning rate, full-parameter AdamW and one optimizer step per batch of rollouts (float32, or with
+`--bf16` bf16 autocast over float32 weights on both sides). Without `--eos`
 the stop token is ignored, so every completion has exactly `--new-tokens` tokens in both.
 
 Measured after one warm-up step: rollout tokens/s (completion tokens / time inside generation)
@@ -55,7 +56,7 @@ def hf_pieces(name: str):
 def bench_lmlab(args, rows: list[dict], task, compile: bool = False) -> dict:
     model, tok = lmlab.load(args.model)
     cfg = GRPOConfig(
-        model=args.model, compile=compile, num_generations=args.group, prompts_per_step=args.prompts,
+        model=args.model, compile=compile, dtype="bfloat16" if args.bf16 else "float32", num_generations=args.group, prompts_per_step=args.prompts,
         micro_batch_size=args.group * args.prompts, max_new_tokens=args.new_tokens, lr=args.lr,
         beta=0.0, loss_type="dapo", temperature=1.0, max_steps=args.steps + 1, eval_size=0,
         out_dir=args.out + "/lmlab", seed=0,
@@ -87,7 +88,7 @@ def bench_trl(args, rows: list[dict], task) -> dict:
         num_generations=args.group, max_completion_length=args.new_tokens, temperature=1.0,
         learning_rate=args.lr, lr_scheduler_type="constant", warmup_steps=0, beta=0.0,
         loss_type="dapo", max_steps=args.steps + 1, logging_steps=1, save_strategy="no",
-        report_to="none", use_cpu=True, bf16=False, fp16=False, disable_tqdm=True, seed=0,
+        report_to="none", use_cpu=True, bf16=args.bf16, fp16=False, disable_tqdm=True, seed=0,
         generation_kwargs=gen_kwargs, dataloader_num_workers=0, max_grad_norm=1.0,
         weight_decay=0.0,
     )  # fmt: skip
@@ -134,6 +135,7 @@ def main() -> None:
     ap.add_argument("--eos", action="store_true", help="stop at EOS (lengths then differ)")
     ap.add_argument("--only", choices=["lmlab", "trl"], default=None)
     ap.add_argument("--compile", action="store_true", help="also lmlab with compiled rollouts")
+    ap.add_argument("--bf16", action="store_true", help="both under bf16 autocast (fp32 weights)")
     ap.add_argument("--out", default="/tmp/lmlab_grpo_bench")
     args = ap.parse_args()
     if args.threads:
@@ -152,7 +154,8 @@ def main() -> None:
                                             add_generation_prompt=True)  # fmt: skip
     print(f"{platform.processor() or platform.machine()}, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads; G={args.group}, {args.prompts} prompts/step, "
-          f"{args.new_tokens} new tokens, {args.steps} timed steps, eos={args.eos}")  # fmt: skip
+          f"{args.new_tokens} new tokens, {args.steps} timed steps, eos={args.eos}, "
+          f"{'bf16 autocast' if args.bf16 else 'float32'}")  # fmt: skip
     results = {}
     runs = [("lmlab", bench_lmlab), ("trl", bench_trl)]
     if args.compile:

@@ -131,10 +131,16 @@ def test_tasks(tmp_path):
         make_task("chess")
 
 
-def test_grpo_learns_a_reward(tmp_path):
-    """A random tiny model learns to emit 7s from the reward alone (beta = 0: no reference kept)."""
-    tr = trainer(tmp_path, max_steps=40, temperature=1.0)
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_grpo_learns_a_reward(tmp_path, dtype):
+    """A random tiny model learns to emit 7s from the reward alone (beta = 0: no reference kept);
+    with dtype bfloat16 the rollouts and training forwards run under bf16 autocast."""
+    tr = trainer(tmp_path, max_steps=40, temperature=1.0, dtype=dtype)
     assert tr.ref is None
+    seen = set()
+    with tr.model.hooks(fwd_hooks=[("blocks.0.attn.hook_q", lambda x, hook: seen.add(x.dtype))]):
+        tr.step()
+    assert seen == {getattr(torch, dtype)}
     hist = tr.fit(progress=False)
     first = sum(h["reward"] for h in hist[:5]) / 5
     last = sum(h["reward"] for h in hist[-5:]) / 5
@@ -148,7 +154,7 @@ def test_grpo_learns_a_reward(tmp_path):
         "rollout_tok_s",
     ):
         assert key in hist[-1]
-    assert (tmp_path / "metrics.jsonl").read_text().count("\n") == 40
+    assert (tmp_path / "metrics.jsonl").read_text().count("\n") == 39  # one step ran before fit
 
 
 def test_kl_reference_and_mu(tmp_path):

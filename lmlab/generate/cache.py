@@ -26,8 +26,8 @@ class LayerCache:
         (S = length + T, or max_len for a static cache)."""
         c, i = self.cache, self.layer
         if c.static:
-            c.k[i].index_copy_(2, c.slots, k)
-            c.v[i].index_copy_(2, c.slots, v)
+            c.k[i].index_copy_(2, c.slots, k.to(c.k[i].dtype))  # (autocast may hand bf16)
+            c.v[i].index_copy_(2, c.slots, v.to(c.v[i].dtype))
             return c.k[i], c.v[i]
         start, end = c.length, c.length + k.shape[2]
         c.k[i][:, :, start:end] = k

@@ -25,6 +25,7 @@ class GRPOConfig:
     top_p: float | None = None
     top_k: int | None = None
     compile: bool = False  # decode rollouts through torch.compile (static KV cache)
+    dtype: str = "float32"  # "bfloat16": rollouts and training forwards under bf16 autocast
     beta: float = 0.0  # k3 KL weight; 0 keeps no reference model
     epsilon: float = 0.2
     epsilon_high: float | None = None  # None: = epsilon (DAPO uses 0.28)
@@ -69,5 +70,7 @@ class GRPOConfig:
                 f"beta={self.beta}, epsilon={self.epsilon} must be >= 0 and temperature="
                 f"{self.temperature} > 0 (GRPO samples; use temperature 1.0)"
             )
+        if self.dtype not in ("float32", "bfloat16"):
+            raise ConfigError(f"dtype={self.dtype!r}: use 'float32' or 'bfloat16' (autocast)")
         if not (self.trainable == "all" or self.trainable.startswith("last:")):
             raise ConfigError(f"trainable={self.trainable!r}: use 'all' or 'last:N'")

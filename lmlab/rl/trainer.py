@@ -67,6 +67,9 @@ class GRPOTrainer:
         if cfg.beta > 0 and not self.lora:
             self.ref = copy.deepcopy(model).eval().requires_grad_(False)
         self.opt = torch.optim.AdamW(self.params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        device = next(model.parameters()).device.type
+        # float32 master weights; bf16 matmuls in rollouts and forwards (AMX / tensor cores)
+        self.autocast = torch.autocast(device, torch.bfloat16, enabled=cfg.dtype == "bfloat16")
         warm = max(cfg.warmup_steps, 1)
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda s: min(1.0, (s + 1) / warm))
         self.sampler = torch.Generator().manual_seed(cfg.seed)  # which prompts
@@ -136,12 +139,13 @@ class GRPOTrainer:
         cfg, G = self.cfg, self.cfg.num_generations
         t0 = time.perf_counter()
         rows = self.sample_rows()
-        ro = rollout(
-            self.model, self.encode(rows), G, cfg.max_new_tokens, temperature=cfg.temperature,
-            top_p=cfg.top_p, top_k=cfg.top_k, stop_ids=self.stop_ids,
-            mask_truncated=cfg.mask_truncated_completions, generator=self.sample_gen,
-            compile=cfg.compile,
-        )  # fmt: skip
+        with self.autocast:
+            ro = rollout(
+                self.model, self.encode(rows), G, cfg.max_new_tokens, temperature=cfg.temperature,
+                top_p=cfg.top_p, top_k=cfg.top_k, stop_ids=self.stop_ids,
+                mask_truncated=cfg.mask_truncated_completions, generator=self.sample_gen,
+                compile=cfg.compile,
+            )  # fmt: skip
         t_roll = time.perf_counter() - t0
         texts = self.decode(ro.completions)
         prompts = [r["prompt"] for r in rows for _ in range(G)]
@@ -149,7 +153,8 @@ class GRPOTrainer:
             self.reward_funcs, prompts, texts, self.reward_weights, **self.columns(rows, G)
         )
         adv = group_advantages(rewards, G, cfg.scale_rewards)
-        stats = self.optimize(ro, adv.values)
+        with self.autocast:
+            stats = self.optimize(ro, adv.values)
         n_tok = int(ro.lengths.sum())
         rec = {
             "step": self.step_no + 1,
@@ -269,8 +274,9 @@ class GRPOTrainer:
         texts: list[str] = []
         bs = self.cfg.eval_batch_size
         for s in tqdm(range(0, len(rows), bs), desc="eval", leave=False):
-            ro = rollout(self.model, self.encode(rows[s : s + bs]), 1, max_new,
-                         temperature=0.0, stop_ids=self.stop_ids)  # fmt: skip
+            with self.autocast:
+                ro = rollout(self.model, self.encode(rows[s : s + bs]), 1, max_new,
+                             temperature=0.0, stop_ids=self.stop_ids)  # fmt: skip
             texts += self.decode(ro.completions)
         _, per_fn = combine_rewards(
             self.reward_funcs, [r["prompt"] for r in rows], texts, self.reward_weights,
