@@ -522,6 +522,7 @@ class Transformer(HookedMixin, nn.Module):
         stop_at_layer: int | None = None,
         return_hidden: bool = False,
         cache: KVCache | None = None,
+        start_at_layer: int | None = None,
     ) -> torch.Tensor:
         """tokens: [B, T] ids -> logits [B, T, vocab] (hidden states [B, T, d] for encoders,
         with `return_hidden`, or when stopping early at `stop_at_layer`).
@@ -529,11 +530,21 @@ class Transformer(HookedMixin, nn.Module):
         attention_mask: [B, T] with 1 for real tokens and 0 for padding (left or right). Positions
         default to counting real tokens only, so left-padded rows get the positions they would alone.
         cache: a `KVCache`; the tokens are appended to it and attend to everything cached before.
+        start_at_layer: `tokens` is instead the residual stream [B, T, d_model] entering that block
+        (e.g. cached activations); the embedding and earlier blocks are skipped.
         """
         cfg = self.cfg
-        if tokens.dim() == 1:
+        if start_at_layer is not None:
+            if cache is not None:
+                raise ValueError("start_at_layer cannot be used with a cache")
+            if tokens.dim() != 3 or tokens.shape[-1] != cfg.d_model:
+                raise ValueError(
+                    f"with start_at_layer, pass the residual stream [B, T, {cfg.d_model}] entering "
+                    f"block {start_at_layer}, not a tensor of shape {tuple(tokens.shape)}"
+                )
+        elif tokens.dim() == 1:
             tokens = tokens.unsqueeze(0)
-        B, T = tokens.shape
+        B, T = tokens.shape[:2]
         if cache is not None and attention_mask is not None and attention_mask.shape != (B, T):
             raise ValueError(
                 f"attention_mask has shape {tuple(attention_mask.shape)}, expected {(B, T)} "
@@ -568,18 +579,8 @@ class Transformer(HookedMixin, nn.Module):
                 position_ids = torch.arange(T, device=tokens.device).unsqueeze(0)
             else:
                 position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
-        x = self.embed(tokens)
-        if cfg.embed_scale:
-            x = x * torch.tensor(cfg.d_model**0.5, dtype=x.dtype)
-        x = self.hook_embed(x)
-        if self.pos_embed is not None:
-            x = x + self.hook_pos_embed(self.pos_embed(position_ids))
-        if self.token_type_embed is not None:
-            tt = token_type_ids if token_type_ids is not None else torch.zeros_like(tokens)
-            x = x + self.hook_token_type_embed(self.token_type_embed(tt))
-        if self.embed_norm is not None:
-            x = self.embed_norm(x)
-        x = self.drop(x)
+        from_residual = start_at_layer is not None
+        x = tokens if from_residual else self._embed(tokens, position_ids, token_type_ids)
         ropes = self._ropes(position_ids, x.dtype)
         windows = {blk.attn.window for blk in self.blocks}
         if cache is not None:
@@ -589,6 +590,8 @@ class Transformer(HookedMixin, nn.Module):
         for i, block in enumerate(self.blocks):
             if stop_at_layer is not None and i >= stop_at_layer:
                 return x
+            if from_residual and i < start_at_layer:
+                continue
             layer_cache = cache.layer(i) if cache is not None else None
             x = block(x, ropes.get(cfg.rope_base(i)), masks[block.attn.window], cache=layer_cache)
         if cache is not None:
@@ -601,6 +604,27 @@ class Transformer(HookedMixin, nn.Module):
         if cfg.final_softcap is not None:
             logits = torch.tanh(logits / cfg.final_softcap) * cfg.final_softcap
         return logits
+
+    def _embed(
+        self,
+        tokens: torch.Tensor,
+        position_ids: torch.Tensor,
+        token_type_ids: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """Token (+ position, + token type) embeddings: the residual stream entering block 0."""
+        cfg = self.cfg
+        x = self.embed(tokens)
+        if cfg.embed_scale:
+            x = x * torch.tensor(cfg.d_model**0.5, dtype=x.dtype)
+        x = self.hook_embed(x)
+        if self.pos_embed is not None:
+            x = x + self.hook_pos_embed(self.pos_embed(position_ids))
+        if self.token_type_embed is not None:
+            tt = token_type_ids if token_type_ids is not None else torch.zeros_like(tokens)
+            x = x + self.hook_token_type_embed(self.token_type_embed(tt))
+        if self.embed_norm is not None:
+            x = self.embed_norm(x)
+        return self.drop(x)
 
     def pool(self, hidden: torch.Tensor) -> torch.Tensor:
         """BERT pooler: tanh(dense(first token's hidden state))."""

@@ -218,6 +218,8 @@ def test_bad_input():
         generate(model, [[1] * (model.cfg.max_seq_len + 1)])
     with pytest.raises(ValueError, match="lower max_new_tokens"):
         generate(model, [[1, 2]], max_new_tokens=model.cfg.max_seq_len)
+    fits = model.cfg.max_seq_len - 1  # the last new token is never fed back
+    assert len(generate(model, [[1, 2]], max_new_tokens=fits).sequences[0]) == fits
     with pytest.raises(ValueError, match=r"top_p=1.5 must be in \(0, 1\]"):
         generate(model, [[1, 2]], temperature=1.0, top_p=1.5)
     with pytest.raises(ValueError, match=r"top_p=0 must be in \(0, 1\]"):

@@ -172,6 +172,20 @@ def test_stop_at_layer_returns_residual():
     assert torch.allclose(resid, cache["resid_pre", 1])
 
 
+@pytest.mark.parametrize("name", ["gpt2-tiny", "gemma3-tiny", "bert-tiny"])
+def test_start_at_layer_continues_from_a_residual(name):
+    """forward(resid_pre of block k, start_at_layer=k) equals the full forward, padding included."""
+    m, tokens = model_and_tokens(name)
+    mask = torch.ones_like(tokens)
+    mask[0, -2:] = 0
+    full = m(tokens, attention_mask=mask, return_hidden=True)
+    _, cache = m.run_with_cache(tokens, attention_mask=mask, names_filter="blocks.1.hook_resid_pre")
+    resumed = m(cache["resid_pre", 1], attention_mask=mask, start_at_layer=1, return_hidden=True)
+    torch.testing.assert_close(resumed, full, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match=r"pass the residual stream \[B, T, \d+\]"):
+        m(tokens, start_at_layer=1)
+
+
 def test_bad_hook_names_suggest_near_ones():
     m, tokens = model_and_tokens("gpt2-tiny")
     with pytest.raises(HookError, match=r"blocks\.0\.attn\.hook_pattern"):

@@ -78,12 +78,10 @@ class SequenceClassifier(nn.Module):
     ):
         """Residual stream [B, T, d] after `n_layers` blocks and the final norm (from block `start` given `x`)."""
         m = self.model
-        if start == 0:
-            if self.n_layers == m.cfg.n_layers:
-                return m(tokens, attention_mask=mask, return_hidden=True)
-            x = m(tokens, attention_mask=mask, stop_at_layer=self.n_layers)
-        else:
-            x = run_blocks(m, x, mask, start, self.n_layers)
+        inp, first = (tokens, None) if start == 0 else (x, start)
+        if self.n_layers == m.cfg.n_layers:
+            return m(inp, attention_mask=mask, start_at_layer=first, return_hidden=True)
+        x = m(inp, attention_mask=mask, start_at_layer=first, stop_at_layer=self.n_layers)
         return m.ln_final(x) if m.ln_final is not None else x
 
     def pooled(self, h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -112,22 +110,6 @@ class SequenceClassifier(nn.Module):
     def logits_from(self, x: torch.Tensor, mask: torch.Tensor, start: int) -> torch.Tensor:
         """Class logits from cached residuals `x` [B, T, d] entering block `start`."""
         return self.head(self.pooled(self.hidden(None, mask, start, x), mask))
-
-
-def run_blocks(
-    model: nn.Module, x: torch.Tensor, mask: torch.Tensor, start: int, stop: int
-) -> torch.Tensor:
-    """Blocks start..stop-1 on residuals `x` [B, T, d] with the model's own positions and masks."""
-    _B, T, _ = x.shape
-    pad = mask.bool()
-    pos = (pad.long().cumsum(-1) - 1).clamp(min=0)
-    pad = None if bool(pad.all()) else pad
-    ropes = model._ropes(pos, x.dtype)
-    masks = {w: model._mask(T, w, pad, x.device) for w in {b.attn.window for b in model.blocks}}
-    for i in range(start, stop):
-        blk = model.blocks[i]
-        x = blk(x, ropes.get(model.cfg.rope_base(i)), masks[blk.attn.window])
-    return x
 
 
 # ---------------------------------------------------------------------------- data to batches

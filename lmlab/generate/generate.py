@@ -82,15 +82,17 @@ def left_pad(ids: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor
 
 
 def check_context(model: Any, prompt_len: int, max_new_tokens: int) -> None:
+    """The model reads the prompt and every new token but the last (never fed back); that must fit
+    its context."""
     ctx = model.cfg.max_seq_len
     if prompt_len > ctx:
         raise ValueError(
             f"prompt of {prompt_len} tokens is longer than the model's context ({ctx}); shorten it"
         )
-    if prompt_len + max_new_tokens > ctx:
+    if prompt_len + max_new_tokens - 1 > ctx:
         raise ValueError(
-            f"prompt ({prompt_len}) + max_new_tokens ({max_new_tokens}) exceeds the context ({ctx}); "
-            f"lower max_new_tokens to at most {ctx - prompt_len}"
+            f"prompt of {prompt_len} tokens + max_new_tokens={max_new_tokens} does not fit the "
+            f"model's context of {ctx} tokens; lower max_new_tokens to {ctx - prompt_len + 1}"
         )
 
 
@@ -110,7 +112,7 @@ def decode_steps(
     pad = model.cfg.pad_token_id if model.cfg.pad_token_id is not None else 0
     tokens, mask = left_pad(ids, pad)
     tokens, mask = tokens.to(device), mask.to(device)
-    needed = tokens.shape[1] + max_new_tokens
+    needed = tokens.shape[1] + max_new_tokens - 1  # the last new token is never fed back
     if compile:
         cache = KVCache(model, len(ids), static_cache_len(model, needed), static=True)
         forward = compiled_forward(model)

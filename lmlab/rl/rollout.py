@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from lmlab.generate.cache import KVCache
 from lmlab.generate.compiled import compiled_forward, static_cache_len
-from lmlab.generate.generate import left_pad
+from lmlab.generate.generate import check_context, left_pad
 from lmlab.generate.sampling import SamplingConfig, choose
 from lmlab.rl.grpo import unembed
 
@@ -53,17 +53,6 @@ def shared_prefix_len(prompts: Sequence[Sequence[int]]) -> int:
     return max(n, 0)
 
 
-def check_length(model: torch.nn.Module, prompt_len: int, max_new_tokens: int) -> None:
-    """The model reads at most prompt + max_new_tokens - 1 tokens; that must fit its context."""
-    ctx = model.cfg.max_seq_len
-    if prompt_len + max_new_tokens - 1 > ctx:
-        raise ValueError(
-            f"prompt of {prompt_len} tokens + max_new_tokens={max_new_tokens} does not fit the "
-            f"model's context of {ctx} tokens; shorten the prompt or lower max_new_tokens to "
-            f"{max(ctx - prompt_len + 1, 0)}"
-        )
-
-
 @torch.no_grad()
 def rollout(
     model: torch.nn.Module,
@@ -94,7 +83,7 @@ def rollout(
         raise ValueError(
             f"group_size={group_size} and max_new_tokens={max_new_tokens} must be >= 1"
         )
-    check_length(model, max(map(len, prompts)), max_new_tokens)
+    check_context(model, max(map(len, prompts)), max_new_tokens)
     device = next(model.parameters()).device
     sampling = SamplingConfig(temperature, top_k, top_p)
     pad = model.cfg.pad_token_id if model.cfg.pad_token_id is not None else 0
@@ -106,7 +95,7 @@ def rollout(
         prefix = torch.tensor(list(prompts[0][:S]), dtype=torch.long, device=device)
         rest = [list(p[S:]) for p in prompts]
         p_tokens, p_mask = (t.to(device) for t in left_pad(rest, pad))
-        needed = S + p_tokens.shape[1] + max_new_tokens
+        needed = S + p_tokens.shape[1] + max_new_tokens - 1  # the last token is never fed back
         if compile:
             needed = static_cache_len(model, needed)
         cache = KVCache(model, 1 if S else len(prompts), needed, static=compile)

@@ -12,6 +12,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from lmlab.generate.generate import check_context
 from lmlab.rl.config import GRPOConfig
 from lmlab.rl.grpo import (
     aggregate,
@@ -22,7 +23,7 @@ from lmlab.rl.grpo import (
     token_logprobs,
 )
 from lmlab.rl.rewards import RewardFn, combine_rewards, reward_name
-from lmlab.rl.rollout import Rollout, check_length, rollout
+from lmlab.rl.rollout import Rollout, rollout
 from lmlab.rl.tasks.base import RLTask
 from lmlab.train import checkpoint as ckpt
 
@@ -115,7 +116,7 @@ class GRPOTrainer:
         ids = [self.tokenizer.encode(self.prompt_text(r)) for r in rows]
         for r, p in zip(rows, ids, strict=True):
             try:
-                check_length(self.model, len(p), self.cfg.max_new_tokens)
+                check_context(self.model, len(p), self.cfg.max_new_tokens)
             except ValueError as e:
                 raise ValueError(f"{e} (prompt: {str(r['prompt'])[:60]!r})") from None
         return ids
