@@ -105,9 +105,8 @@ class Config:
     pad_token_id: int | None = None
     bos_token_id: int | None = None
     eos_token_id: int | None = None
-    extra: dict[str, Any] = field(
-        default_factory=dict
-    )  # free-form notes (e.g. the source checkpoint)
+    # free-form notes (e.g. the source checkpoint)
+    extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.n_kv_heads is None:

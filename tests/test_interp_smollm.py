@@ -56,9 +56,8 @@ def test_activations_match_transformer_bridge(smollm):
     worst, raw = {}, {}
     for n in names:
         a, b = ours[n].float(), theirs[n].float()
-        if (
-            n == "ln_final.hook_normalized"
-        ):  # compatibility mode folds the norm weight into the unembedding
+        # compatibility mode folds the norm weight into the unembedding
+        if n == "ln_final.hook_normalized":
             a = a / model.ln_final.weight
         assert a.shape == b.shape, (n, a.shape, b.shape)
         # 1e-4 relative to the size of the vector it sits in (once above 1): SmolLM2's residual stream

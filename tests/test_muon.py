@@ -207,8 +207,7 @@ def test_muon_vs_adamw_recipe_smoke(shared_data, tmp_path):
     )
     out = RunDir.create("muon-vs-adamw", tmp_path)
     metrics = muon_vs_adamw.run(cfg, out)
-    assert (
-        metrics["adamw_best_val_loss"] < 4.3 and metrics["muon_best_val_loss"] < 4.3
-    )  # ln 65 = 4.17
+    # both learn in 6 steps: below uniform over 65 characters (ln 65 = 4.17); measured 3.41 / 3.56
+    assert metrics["adamw_best_val_loss"] < 3.9 and metrics["muon_best_val_loss"] < 3.9
     assert (out.path / "loss_curves.png").stat().st_size > 10_000
     assert "Best Muon" in (out.path / "report.md").read_text()

@@ -46,9 +46,8 @@ CASES = [(q, "random_bytes") for q in SUPPORTED_QTYPES] + [
 ]
 
 
-@pytest.mark.filterwarnings(
-    "ignore:overflow encountered"
-)  # random MXFP4 scale bytes reach 2^128 = inf
+# random MXFP4 scale bytes reach 2^128 = inf
+@pytest.mark.filterwarnings("ignore:overflow encountered")
 @pytest.mark.parametrize(("qtype", "source"), CASES, ids=lambda c: getattr(c, "name", c))
 def test_matches_gguf_reference(qtype: GGMLQuantizationType, source: str) -> None:
     rng = np.random.default_rng(int(qtype))

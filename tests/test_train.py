@@ -125,9 +125,8 @@ def test_bf16_autocast_on_cpu(tmp_path):
 
 def test_resume_continues_bit_identically(tmp_path):
     task = InductionTask(vocab_size=20, seq_len=6)
-    over = dict(
-        d_model=32, n_layers=1, n_heads=2, dropout=0.1
-    )  # dropout: the torch RNG must be restored too
+    # dropout: the torch RNG must be restored too
+    over = dict(d_model=32, n_layers=1, n_heads=2, dropout=0.1)
     full_cfg = _cfg(tmp_path / "full", max_steps=8, eval_interval=4, model_overrides=over)
     full = _model(full_cfg, task)
     Trainer(full, full_cfg, task).fit()

@@ -66,9 +66,8 @@ def test_kill_nine_five_times_then_resume_matches_clean_run(tmp_path):
             _cmd(cfg, killed), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
         )
         deadline = time.time() + 120
-        while (
-            time.time() < deadline and proc.poll() is None
-        ):  # wait until this attempt has saved a step
+        # wait until this attempt has saved a step
+        while time.time() < deadline and proc.poll() is None:
             p = killed / ckpt.FILENAME
             if p.is_file() and p.stat().st_mtime_ns != before:
                 break

@@ -129,16 +129,14 @@ def score_choices(
                 )
             cut = max(len(ids) - max_len, 0)  # drop the oldest context tokens if too long
             seqs.append((i, j, ids[cut:], n_ctx - cut))
-    order = sorted(
-        range(len(seqs)), key=lambda k: -len(seqs[k][2])
-    )  # similar lengths share a batch
+    # similar lengths share a batch
+    order = sorted(range(len(seqs)), key=lambda k: -len(seqs[k][2]))
     loglik = [[0.0] * len(it.endings) for it in items]
     for b in tqdm(range(0, len(order), batch_size), desc="choices", disable=not progress):
         batch = [seqs[k] for k in order[b : b + batch_size]]
         width = max(len(s[2]) for s in batch)
-        tokens = torch.zeros(
-            len(batch), width, dtype=torch.long
-        )  # right padding does not affect a causal LM
+        # right padding does not affect a causal LM
+        tokens = torch.zeros(len(batch), width, dtype=torch.long)
         for r, (_, _, ids, _) in enumerate(batch):
             tokens[r, : len(ids)] = torch.tensor(ids)
         logp = torch.log_softmax(logits_of(model, tokens.to(dev)).float(), dim=-1)

@@ -130,9 +130,8 @@ def perplexity(
         for k in tqdm(range(0, len(windows), batch_size), desc="perplexity", disable=not progress):
             batch = windows[k : k + batch_size]
             width = max(w.end - w.begin for w in batch)
-            tokens = torch.zeros(
-                len(batch), width, dtype=torch.long
-            )  # right-padded: causal, harmless
+            # right-padded: causal, harmless
+            tokens = torch.zeros(len(batch), width, dtype=torch.long)
             for r, w in enumerate(batch):
                 tokens[r, : w.end - w.begin] = all_ids[w.begin : w.end]
             logits = logits_of(model, tokens.to(dev))

@@ -76,9 +76,8 @@ def beam_search(
                     src_rows.append(row), new_tokens.append(pad), new_scores.append(0.0)
                     kept += 1
                 elif tok in stop_ids:
-                    if rank < K and s > float(
-                        "-inf"
-                    ):  # an EOS among the top K candidates ends a hypothesis
+                    # an EOS among the top K candidates ends a hypothesis
+                    if rank < K and s > float("-inf"):
                         finished[p].add([*beams[row], tok], s)
                     continue
                 else:

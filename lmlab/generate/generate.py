@@ -119,9 +119,8 @@ def decode_steps(
     else:
         cache, forward = KVCache(model, len(ids), needed), model
     logits = model(tokens, attention_mask=mask, cache=cache)[:, -1]
-    seen = torch.where(
-        mask.bool(), tokens, tokens[:, -1:]
-    )  # pads stand in as the last prompt token
+    # pads stand in as the last prompt token
+    seen = torch.where(mask.bool(), tokens, tokens[:, -1:])
     for step in range(max_new_tokens):
         logits = apply_repetition_penalty(logits.float(), seen, sampling.repetition_penalty)
         nxt = choose(logits, sampling, generator)

@@ -23,17 +23,15 @@ def repeated_tokens(
     """[batch, 1 + 2n]: a BOS (the model's, else 0), then n random ids, then the same n again."""
     vocab = model.cfg.vocab_size
     bos = model.cfg.bos_token_id if bos is None else bos
-    bos = (
-        0 if bos is None or not 0 <= bos < vocab else bos
-    )  # a shrunken preset may keep a stale BOS id
+    # a shrunken preset may keep a stale BOS id
+    bos = 0 if bos is None or not 0 <= bos < vocab else bos
     if 2 * n + 1 > model.cfg.max_seq_len:
         raise ValueError(
             f"n={n} gives {2 * n + 1} tokens, beyond max_seq_len={model.cfg.max_seq_len}; lower n"
         )
     g = torch.Generator().manual_seed(seed)
-    low = min(
-        max(vocab // 100, 3), vocab - 1
-    )  # skip the first ids, where special tokens usually live
+    # skip the first ids, where special tokens usually live
+    low = min(max(vocab // 100, 3), vocab - 1)
     first = torch.randint(low, vocab, (batch, n), generator=g)
     return torch.cat([torch.full((batch, 1), bos), first, first], 1)
 

@@ -45,9 +45,8 @@ def peak_flops(device: torch.device, dtype: str) -> float:
     try:
         info = Path("/proc/cpuinfo").read_text()
         mhz = float(re.search(r"cpu MHz\s*:\s*([\d.]+)", info).group(1))
-        per_cycle = (
-            64 if "avx512f" in info else 32 if "avx2" in info else 8
-        )  # fp32 FMA lanes x 2 units x 2
+        # fp32 FMA lanes x 2 units x 2
+        per_cycle = 64 if "avx512f" in info else 32 if "avx2" in info else 8
     except (OSError, AttributeError):
         return 0.0
     return torch.get_num_threads() * mhz * 1e6 * per_cycle

@@ -55,18 +55,16 @@ class Trainer:
             raise ConfigError(
                 f"batch_size={cfg.batch_size} must be divisible by the {self.dist.world} processes"
             )
-        self.model = model.to(
-            self.dist.device
-        )  # the plain module: state dicts and evaluation helpers
+        # the plain module: state dicts and evaluation helpers
+        self.model = model.to(self.dist.device)
         self.wrapped = dist.wrap(self.model, self.dist, cfg.parallel)
         self.optimizer = optimizers.build(self.model, cfg)
         self.schedule = Schedule(self.optimizer, cfg)
         self.net = torch.compile(self.wrapped) if cfg.compile else self.wrapped
         self.out_dir = Path(cfg.out_dir)
         self.ckpt_path = self.out_dir / ckpt.FILENAME
-        self.generator = torch.Generator().manual_seed(
-            cfg.seed
-        )  # training batches, same on all ranks
+        # training batches, same on all ranks
+        self.generator = torch.Generator().manual_seed(cfg.seed)
         self.step = 0
         self.history: list[dict[str, Any]] = []
         self.autocast = torch.autocast(

@@ -133,9 +133,7 @@ class _Reader:
         if vtype not in _SCALARS:
             raise _Corrupt(f"{what} has unknown value type {vtype}")
         v = self.scalar(vtype, what)
-        if (
-            vtype == _FLOAT32
-        ):  # shortest decimal that round-trips in float32: 1e-05, not 9.9999997e-06
+        if vtype == _FLOAT32:  # the shortest decimal that round-trips: 1e-05, not 9.9999997e-06
             return float(repr(np.float32(v)).removeprefix("np.float32(").removesuffix(")"))
         return bool(v) if vtype == _BOOL else v
 
