@@ -1,12 +1,14 @@
 """Training throughput: lmlab vs transformers on the same GPT-2-shaped model and batch, same run.
 
     python bench/train_speed.py [--batch 8] [--seq 128] [--steps 6] [--rounds 3] [--no-compile]
+        [--bf16]
 
 A training step is forward, cross-entropy, backward, fused AdamW step and zero_grad. Both models
 start from identical weights (copied through lmlab's name map; the first losses are checked equal).
 Rounds alternate between the libraries so drift in machine load hits both; each round's tokens/s
 is taken over `--steps` steps after warm-up, and the median round is reported. Compiled rows use
-`torch.compile` on each model (compile time excluded).
+`torch.compile` on each model (compile time excluded). `--bf16`: both run under bf16 autocast
+over float32 weights (lmlab's `dtype = "bfloat16"` training), using the CPU's AMX matmuls.
 """
 
 from __future__ import annotations
@@ -51,13 +53,14 @@ def loss_of(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, hf: bool) 
 class Runner:
     """One library's model, optimizer and (optionally compiled) step."""
 
-    def __init__(self, model: torch.nn.Module, hf: bool, compile: bool) -> None:
-        self.model, self.hf = model, hf
+    def __init__(self, model: torch.nn.Module, hf: bool, compile: bool, bf16: bool) -> None:
+        self.model, self.hf, self.bf16 = model, hf, bf16
         self.opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
         self.fwd = torch.compile(model) if compile else model
 
     def step(self, x: torch.Tensor, y: torch.Tensor) -> float:
-        loss = loss_of(self.fwd, x, y, self.hf)
+        with torch.autocast("cpu", torch.bfloat16, enabled=self.bf16):
+            loss = loss_of(self.fwd, x, y, self.hf)
         loss.backward()
         self.opt.step()
         self.opt.zero_grad(set_to_none=True)
@@ -79,10 +82,11 @@ def measure(args, compile: bool) -> dict[str, float]:
         )
         for _ in range(4)
     ]
-    ours, hf = Runner(ours_m, False, compile), Runner(hf_m, True, compile)
+    ours, hf = Runner(ours_m, False, compile, args.bf16), Runner(hf_m, True, compile, args.bf16)
     t0 = time.perf_counter()
     l_ours, l_hf = ours.step(*batches[0]), hf.step(*batches[0])
-    assert abs(l_ours - l_hf) < 1e-3, f"first losses differ: lmlab {l_ours} vs transformers {l_hf}"
+    tol = 3e-2 if args.bf16 else 1e-3
+    assert abs(l_ours - l_hf) < tol, f"first losses differ: lmlab {l_ours} vs transformers {l_hf}"
     for _ in range(2):  # warm-up (and compilation of the backward graphs)
         ours.step(*batches[1]), hf.step(*batches[1])
     warm = time.perf_counter() - t0
@@ -106,11 +110,12 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=6)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--no-compile", dest="compile", action="store_false")
+    ap.add_argument("--bf16", action="store_true", help="bf16 autocast on both sides")
     args = ap.parse_args()
     print(
         f"torch {torch.__version__}, transformers {transformers.__version__}, {torch.get_num_threads()} threads, "
         f"{platform.machine()}; GPT-2 shape d={args.d_model} L={args.layers} H={args.heads} V={args.vocab}, "
-        f"batch {args.batch} x {args.seq}, float32, AdamW fused"
+        f"batch {args.batch} x {args.seq}, {'bf16 autocast' if args.bf16 else 'float32'}, AdamW fused"
     )
     eager = measure(args, compile=False)
     print(
