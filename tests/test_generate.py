@@ -3,6 +3,7 @@ transformers, streaming, stop rules, hooks during generation, prefixes, bad inpu
 
 from __future__ import annotations
 
+import copy
 from typing import ClassVar
 
 import pytest
@@ -181,6 +182,7 @@ def test_compiled_generation_equals_eager_compiles_once_and_keeps_hooks():
     prompts = [[5, 6, 7, 8, 9, 10, 11], [1, 2]]  # left padding; decoding runs past the window
     eager = generate(model, prompts, max_new_tokens=12).sequences
     assert generate(model, prompts, max_new_tokens=12, compile=True).sequences == eager
+    copy.deepcopy(model)  # nothing compiled is left on the model
     graphs = counters["stats"]["unique_graphs"]
     again = generate(model, [[3, 4, 5], [9, 8]], max_new_tokens=20, compile=True).sequences
     assert counters["stats"]["unique_graphs"] == graphs  # same batch and cache bucket: replayed

@@ -20,13 +20,11 @@ def static_cache_len(model: nn.Module, needed: int, bucket: int = BUCKET) -> int
 
 
 def compiled_forward(model: nn.Module) -> nn.Module:
-    """The model's forward under `torch.compile` (fixed shapes), built once and kept on the model.
+    """The model's forward under `torch.compile` with fixed shapes.
 
     The first call with a new batch size or cache bucket compiles (tens of seconds on a CPU); later
-    calls replay. Hooks still run: attaching or removing one triggers a recompile.
+    calls replay, also through a fresh wrapper (dynamo keeps the compiled code with the forward's
+    code and guards), so nothing is stored on the model and it still copies and pickles. Hooks
+    still run: attaching or removing one triggers a recompile.
     """
-    fn = model.__dict__.get("_compiled_forward")
-    if fn is None:
-        fn = torch.compile(model, dynamic=False)
-        model.__dict__["_compiled_forward"] = fn  # a plain attribute, not a registered submodule
-    return fn
+    return torch.compile(model, dynamic=False)
