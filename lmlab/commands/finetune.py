@@ -117,15 +117,7 @@ def main(args: argparse.Namespace) -> int:
         model, tok = lmlab.load(args.model, dtype=args.dtype)
         if args.n_layers:
             keep_blocks(model, args.n_layers)
-        cfg = ClassifyConfig(
-            max_len=args.max_len,
-            epochs=args.epochs,
-            batch_size=args.batch_size,
-            lr=args.lr,
-            head_lr=args.head_lr,
-            train_blocks=args.train_blocks,
-            seed=args.seed,
-        )
+        cfg = ClassifyConfig.from_settings(args)
         if args.lora_r:
             from lmlab.peft import apply_lora
 

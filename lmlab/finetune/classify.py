@@ -11,6 +11,7 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -203,6 +204,16 @@ class ClassifyConfig:
     cache_frozen: bool = True
     eval_batch_size: int = 64
     seed: int = 0
+
+    # the knobs `lmlab finetune classify` and the spam recipe expose under the same names
+    SHARED: ClassVar[tuple[str, ...]] = (
+        "max_len", "epochs", "batch_size", "lr", "head_lr", "train_blocks", "seed",
+    )  # fmt: skip
+
+    @classmethod
+    def from_settings(cls, settings: Any) -> ClassifyConfig:
+        """A config from an object carrying the `SHARED` knobs (CLI arguments, a recipe config)."""
+        return cls(**{name: getattr(settings, name) for name in cls.SHARED})
 
 
 @dataclass

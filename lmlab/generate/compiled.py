@@ -11,6 +11,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from lmlab.generate.cache import KVCache
+
 BUCKET = 128
 
 
@@ -28,3 +30,14 @@ def compiled_forward(model: nn.Module) -> nn.Module:
     still run: attaching or removing one triggers a recompile.
     """
     return torch.compile(model, dynamic=False)
+
+
+def decoding_cache(
+    model: nn.Module, batch_size: int, needed: int, compile: bool
+) -> tuple[KVCache, nn.Module]:
+    """A cache for `needed` tokens and the forward that decodes into it: the model itself on a
+    growing cache, or its compiled forward on a static, bucketed one."""
+    if not compile:
+        return KVCache(model, batch_size, needed), model
+    cache = KVCache(model, batch_size, static_cache_len(model, needed), static=True)
+    return cache, compiled_forward(model)

@@ -8,8 +8,7 @@ from typing import Any
 
 import torch
 
-from lmlab.generate.cache import KVCache
-from lmlab.generate.compiled import compiled_forward, static_cache_len
+from lmlab.generate.compiled import decoding_cache
 from lmlab.generate.sampling import SamplingConfig, apply_repetition_penalty, choose
 from lmlab.generate.stream import TextStream
 
@@ -113,11 +112,7 @@ def decode_steps(
     tokens, mask = left_pad(ids, pad)
     tokens, mask = tokens.to(device), mask.to(device)
     needed = tokens.shape[1] + max_new_tokens - 1  # the last new token is never fed back
-    if compile:
-        cache = KVCache(model, len(ids), static_cache_len(model, needed), static=True)
-        forward = compiled_forward(model)
-    else:
-        cache, forward = KVCache(model, len(ids), needed), model
+    cache, forward = decoding_cache(model, len(ids), needed, compile)
     logits = model(tokens, attention_mask=mask, cache=cache)[:, -1]
     # pads stand in as the last prompt token
     seen = torch.where(mask.bool(), tokens, tokens[:, -1:])

@@ -65,15 +65,7 @@ def run(cfg: Config, out: RunDir) -> dict:
     model, tok = load_pretrained(cfg.model)
     if cfg.n_layers:
         keep_blocks(model, cfg.n_layers)
-    ccfg = ClassifyConfig(
-        max_len=cfg.max_len,
-        epochs=cfg.epochs,
-        batch_size=cfg.batch_size,
-        lr=cfg.lr,
-        head_lr=cfg.head_lr,
-        train_blocks=cfg.train_blocks,
-        seed=cfg.seed,
-    )
+    ccfg = ClassifyConfig.from_settings(cfg)
     metrics, res = classify_and_report(model, tok, parts, ccfg, out, title(cfg))
     metrics["gpt2_124m_reference"] = GPT2_REFERENCE
     metrics["beats_reference"] = res.test.accuracy > GPT2_REFERENCE

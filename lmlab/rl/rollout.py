@@ -8,8 +8,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from lmlab.generate.cache import KVCache
-from lmlab.generate.compiled import compiled_forward, static_cache_len
+from lmlab.generate.compiled import decoding_cache
 from lmlab.generate.generate import check_context, left_pad
 from lmlab.generate.sampling import SamplingConfig, choose
 from lmlab.rl.grpo import unembed
@@ -96,10 +95,7 @@ def rollout(
         rest = [list(p[S:]) for p in prompts]
         p_tokens, p_mask = (t.to(device) for t in left_pad(rest, pad))
         needed = S + p_tokens.shape[1] + max_new_tokens - 1  # the last token is never fed back
-        if compile:
-            needed = static_cache_len(model, needed)
-        cache = KVCache(model, 1 if S else len(prompts), needed, static=compile)
-        forward = compiled_forward(model) if compile else model
+        cache, forward = decoding_cache(model, 1 if S else len(prompts), needed, compile)
         if S:
             model(prefix[None], cache=cache, return_hidden=True)
             cache.reorder(torch.zeros(len(prompts), dtype=torch.long, device=device))
