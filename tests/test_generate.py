@@ -11,7 +11,12 @@ import torch
 
 from lmlab.config import preset
 from lmlab.generate import KVCache, SamplingConfig, TextStream, generate, stream_generate
-from lmlab.generate.sampling import apply_repetition_penalty, filter_logits
+from lmlab.generate.sampling import (
+    apply_repetition_penalty,
+    choose,
+    filter_logits,
+    sample_with_logprobs,
+)
 from lmlab.model import Transformer
 
 transformers = pytest.importorskip("transformers")
@@ -115,6 +120,24 @@ def test_sampling_filters():
     assert keep.tolist() == [[True, True, False, False, False]]  # 0.234 / 0.636 >= 0.3 > 0.135
     pen = apply_repetition_penalty(torch.tensor([[2.0, -2.0, 1.0]]), torch.tensor([[0, 1]]), 2.0)
     assert pen.tolist() == [[1.0, -4.0, 1.0]]
+
+
+def test_sampling_draws_the_softmax_distribution():
+    """Inverse-CDF draws match the probabilities (200k draws: within 0.005), zero-probability
+    tokens are never drawn, and the returned log-probs are log_softmax(logits / T)."""
+    logits = torch.tensor([2.0, float("-inf"), 0.5, 1.0, float("-inf"), -1.0]).repeat(200_000, 1)
+    gen = torch.Generator().manual_seed(0)
+    cfg = SamplingConfig(temperature=0.8)
+    tokens, logp = sample_with_logprobs(logits, cfg, gen)
+    freq = torch.bincount(tokens, minlength=6).float() / len(tokens)
+    probs = (logits[0] / 0.8).softmax(-1)
+    assert (freq - probs).abs().max() < 0.005 and freq[1] == 0 and freq[4] == 0
+    torch.testing.assert_close(logp, probs.log()[tokens])
+    freq = torch.bincount(choose(logits, cfg, gen), minlength=6).float() / len(tokens)
+    assert (freq - probs).abs().max() < 0.005
+    top2, logp = sample_with_logprobs(logits, SamplingConfig(temperature=0.8, top_k=2), gen)
+    assert set(top2.tolist()) == {0, 3}  # drawn with top-k, scored without it (the RL ratio)
+    torch.testing.assert_close(logp, probs.log()[top2])
 
 
 def test_seeded_sampling_is_reproducible_and_varies():

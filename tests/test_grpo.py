@@ -143,10 +143,11 @@ def test_rollout_logprobs_equal_a_fresh_forward(kind):
         torch.testing.assert_close(ro.logps[i, : len(comp)], lp[0], atol=1e-4, rtol=1e-4)
 
 
-def test_shared_prefix_equals_the_full_prompts():
-    """Running the common prefix once (batch of one) gives the log-probs and the gradient of the
-    plain left-padded full prompts."""
-    model = tiny()
+@pytest.mark.parametrize("kind", ["llama-tiny", "gpt2-tiny", "gemma3-tiny"])
+def test_shared_prompts_equal_the_full_prompts(kind):
+    """Running the common prefix once (batch of one) and each group's prompt once (batch of
+    groups) gives the log-probs and the gradient of the plain left-padded full prompts."""
+    model = tiny(kind=kind)
     prompts = [[1, 2, 3, 4, 5, 6], [1, 2, 3, 4, 9], [1, 2, 3, 11, 12, 13, 14]]
     ro = rollout(model, prompts, 2, 5, stop_ids=[0], generator=torch.Generator().manual_seed(2))
     assert ro.prefix.tolist() == [1, 2, 3] and ro.tokens.shape[1] == 4 + ro.n_completion
@@ -156,18 +157,21 @@ def test_shared_prefix_equals_the_full_prompts():
     full = torch.cat([full_p[rows], ro.tokens[:, -L:]], 1)
     full_mask = torch.cat([full_m[rows], ro.attention_mask[:, -L:]], 1)
     grads, logps = [], []
-    for tokens, mask, prefix in (
-        (ro.tokens, ro.attention_mask, ro.prefix),
-        (full, full_mask, None),
+    for tokens, mask, prefix, share in (
+        (ro.tokens, ro.attention_mask, ro.prefix, True),  # prefix, 3 prompts, 6 completions
+        (ro.tokens, ro.attention_mask, ro.prefix, False),  # prefix, then 6 whole rows
+        (full, full_mask, None, True),  # 3 full prompts, 6 completions
+        (full, full_mask, None, False),  # the plain forward
     ):
         model.zero_grad()
-        logp, _ = token_logprobs(model, tokens, mask, L, prefix=prefix)
+        logp, _ = token_logprobs(model, tokens, mask, L, prefix=prefix, share_prompts=share)
         aggregate(policy_loss(logp, logp.detach(), adv), ro.completion_mask, "dapo").backward()
         logps.append(logp.detach()[ro.completion_mask.bool()])
         grads.append([p.grad.clone() for p in model.parameters()])
-    torch.testing.assert_close(logps[0], logps[1], atol=1e-5, rtol=1e-5)
-    for a, b in zip(*grads, strict=True):
-        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-4)
+    for other, other_grads in zip(logps[:3], grads[:3], strict=True):
+        torch.testing.assert_close(other, logps[3], atol=1e-5, rtol=1e-5)
+        for a, b in zip(other_grads, grads[3], strict=True):
+            torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-4)
 
 
 def test_compiled_rollout_equals_eager_and_follows_weight_updates():
@@ -191,3 +195,31 @@ def test_compiled_rollout_equals_eager_and_follows_weight_updates():
         for p in model.parameters():
             p.add_(torch.randn_like(p) * 0.5)
     both()
+
+
+@pytest.mark.parametrize("bf16", [False, True])
+def test_packed_decoding_equals_plain_decoding(bf16, monkeypatch):
+    """Rollouts decode with weights packed once for the CPU GEMM (`packed_linears`): the same
+    completions and log-probs as the plain `nn.Linear` path, and the modules are restored."""
+    from lmlab.generate import packed
+
+    model = tiny(vocab=64)
+    with torch.no_grad():
+        if not packed.can_pack(model, 2):
+            pytest.skip("no MKL / oneDNN packed linear kernels in this torch build")
+    prompts = [[1, 2, 3, 4, 5], [1, 2, 7]]
+    runs = []
+    for use in (True, False):
+        if not use:
+            monkeypatch.setattr(packed, "can_pack", lambda *a: False)
+        with torch.autocast("cpu", torch.bfloat16, enabled=bf16):
+            runs.append(rollout(model, prompts, 4, 12, generator=torch.Generator().manual_seed(3)))
+    assert runs[0].completions == runs[1].completions
+    torch.testing.assert_close(runs[0].logps, runs[1].logps, atol=1e-6, rtol=0)
+    assert not any("forward" in vars(m) for m in model.modules())
+    monkeypatch.undo()
+    x = torch.randn(3, 32)
+    with torch.no_grad(), packed.packed_linears(model, 3):
+        assert sum("forward" in vars(m) for m in model.modules()) == 2 * 7 + 1  # 2 blocks + head
+        torch.testing.assert_close(model.blocks[0].mlp.up(x), x @ model.blocks[0].mlp.up.weight.T)
+        assert model.blocks[0].mlp.up(x[:2]).shape == (2, model.cfg.d_ff)  # other rows: plain path

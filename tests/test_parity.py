@@ -255,3 +255,42 @@ def test_bf16_close_to_float32_reference(family):
     ours_err, hf_err = max_diff(got, ref, mask), max_diff(theirs, ref, mask)
     assert ours_err <= BF16_REL * span
     assert ours_err <= 1.5 * hf_err + 1e-3 * span
+
+
+@pytest.mark.parametrize("name", ["llama-tiny", "gpt-oss-tiny"])
+def test_bf16_attention_runs_in_float32_when_training_on_cpu(name, monkeypatch):
+    """CPU flash attention's bf16 backward is slower than its float32 one, so with gradients
+    flowing a bf16 model (or autocast) attends in float32 and hands bf16 back; without gradients
+    the bf16 kernel runs as before."""
+    import torch.nn.functional as F
+
+    from lmlab.config import preset
+
+    seen = []
+    sdpa = F.scaled_dot_product_attention
+
+    def spy(q, k, v, *args, **kwargs):
+        seen.append((q.dtype, k.dtype, v.dtype))
+        return sdpa(q, k, v, *args, **kwargs)
+
+    monkeypatch.setattr(F, "scaled_dot_product_attention", spy)
+    torch.manual_seed(0)
+    model = Transformer(preset(name)).to(torch.bfloat16)
+    attn = model.blocks[0].attn
+    H, KV, D = attn.n_heads, attn.n_kv_heads, attn.head_dim
+    q = torch.randn(2, H, 5, D, dtype=torch.bfloat16, requires_grad=True)
+    k, v = (torch.randn(2, KV, 9, D, dtype=torch.bfloat16) for _ in range(2))
+    mask = torch.ones(2, 1, 5, 9, dtype=torch.bool).tril(4)
+    z = attn._fused(q, k, v, mask)
+    with torch.no_grad():
+        ref = attn._fused(q.float(), k.float(), v.float(), mask)
+        low = attn._fused(q, k, v, mask)
+    f32, b16 = (torch.float32,) * 3, (torch.bfloat16,) * 3
+    assert seen == [f32, f32, b16]
+    assert z.dtype == torch.bfloat16 and low.dtype == torch.bfloat16
+    torch.testing.assert_close(z.float(), ref, atol=4e-3, rtol=8e-3)  # one bf16 rounding
+    z.float().sum().backward()
+    assert q.grad.dtype == torch.bfloat16 and q.grad.abs().sum() > 0
+    with torch.autocast("cpu", torch.bfloat16):  # float32 weights under autocast: the same
+        z32 = model.float().blocks[0].attn._fused(q.float().detach().requires_grad_(), k, v, mask)
+    assert z32.dtype == torch.bfloat16 and seen[-1] == f32

@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 
 from lmlab.finetune.data import LabeledTexts
 from lmlab.finetune.metrics import ClassificationReport, classification_report
+from lmlab.train.optimizers import can_fuse
 
 POOLS = ("last", "mean", "first")
 
@@ -305,7 +306,7 @@ def train_classifier(
     groups = [{"params": head, "lr": cfg.head_lr}] + (
         [{"params": body, "lr": cfg.lr}] if body else []
     )
-    opt = torch.optim.AdamW(groups, weight_decay=cfg.weight_decay)
+    opt = torch.optim.AdamW(groups, weight_decay=cfg.weight_decay, fused=can_fuse(params))
     steps = cfg.epochs * math.ceil(len(tr) / cfg.batch_size)
     warm = max(1, int(cfg.warmup_frac * steps))
     sched = torch.optim.lr_scheduler.LambdaLR(

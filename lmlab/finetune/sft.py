@@ -12,6 +12,8 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from lmlab.train.optimizers import can_fuse
+
 IGNORE = -100
 
 
@@ -98,7 +100,9 @@ def train_sft(
         raise ValueError("nothing to train: every parameter is frozen")
     examples = [sft_example(tokenizer, p, r, cfg.system, cfg.max_len) for p, r in pairs]
     pad = tokenizer.pad_id if getattr(tokenizer, "pad_id", None) is not None else 0
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    opt = torch.optim.AdamW(
+        params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=can_fuse(params)
+    )
     steps = cfg.epochs * math.ceil(len(examples) / cfg.batch_size)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1 - s / steps)
     history, t0 = [], time.perf_counter()

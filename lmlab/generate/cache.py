@@ -58,7 +58,10 @@ class KVCache:
                 f"{cfg.max_seq_len} (learned positions); build it with max_len <= {cfg.max_seq_len}"
             )
         ref = next(model.parameters())
-        dtype, device = dtype or ref.dtype, device or ref.device
+        device = torch.device(device or ref.device)
+        if dtype is None:  # under autocast attention runs in the low precision: store it so
+            on = torch.is_autocast_enabled(device.type)
+            dtype = torch.get_autocast_dtype(device.type) if on else ref.dtype
         shape = (batch_size, cfg.n_kv_heads, max_len, cfg.head_dim)
         self.k = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(cfg.n_layers)]
         self.v = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(cfg.n_layers)]

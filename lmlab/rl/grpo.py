@@ -145,28 +145,63 @@ def token_logprobs(
     temperature: float = 1.0,
     with_entropy: bool = False,
     prefix: torch.Tensor | None = None,
+    share_prompts: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """log pi(token) of the last `n_completion` positions of `tokens` [N, T] -> [N, L].
 
     `prefix` [S]: tokens every row starts with (a shared system prompt). They run once, as a
-    batch of one whose keys/values every row then attends to, so the rows carry only the rest;
-    gradients flow through the shared keys/values, so the result equals the unshared forward.
+    batch of one whose keys/values every row then attends to, so the rows carry only the rest.
+    `share_prompts`: consecutive rows with the same prompt part (the G completions of a group) run
+    that prompt once too, and only their completions separately. Gradients flow through the
+    shared keys/values, so log-probs and gradients equal the unshared forward's.
     Logits are divided by the sampling temperature, so the ratio uses the distribution sampled from.
+    """
+    hidden = completion_hidden(model, tokens, attention_mask, n_completion, prefix, share_prompts)
+    logits = unembed(model, hidden).float()
+    logp_all = F.log_softmax(logits if temperature == 1 else logits / temperature, -1)
+    logp = logp_all.gather(-1, tokens[:, -n_completion:, None]).squeeze(-1)
+    entropy = None
+    if with_entropy:  # row by row: [L, vocab] temporaries stay in the allocator's cache
+        with torch.no_grad():
+            entropy = torch.stack([-(row.exp() * row).sum(-1) for row in logp_all.detach()])
+    return logp, entropy
+
+
+def completion_hidden(
+    model: torch.nn.Module,
+    tokens: torch.Tensor,
+    attention_mask: torch.Tensor,
+    L: int,
+    prefix: torch.Tensor | None = None,
+    share_prompts: bool = True,
+) -> torch.Tensor:
+    """Final hidden states [N, L, d] at the positions that predict the last L tokens of each row.
+
+    Up to three stages on one KV cache: the shared `prefix` (batch 1), each distinct prompt
+    (batch = number of groups), then every row's completion; the cache is repeated between stages.
     """
     # the last token's own logits are never needed, so it is not fed (fits a context of P + L - 1)
     inp, mask = tokens[:, :-1], attention_mask[:, :-1]
-    if prefix is not None and prefix.numel():
-        cache = KVCache(model, 1, prefix.numel() + inp.shape[1])
+    N, R = inp.shape[0], tokens.shape[1] - L  # R: prompt columns after the prefix
+    first = inverse = None
+    if share_prompts and R > 0:
+        _, inverse, counts = torch.unique_consecutive(
+            torch.cat([inp[:, :R], mask[:, :R]], 1), dim=0, return_inverse=True, return_counts=True
+        )
+        first = counts.cumsum(0) - counts if counts.numel() < N else None
+    S = 0 if prefix is None else prefix.numel()
+    if not S and first is None:
+        return model(inp, attention_mask=mask, return_hidden=True)[:, -L:]
+    cache = KVCache(model, 1 if S else len(first), S + inp.shape[1])
+    if S:
         model(prefix[None].to(inp.device), cache=cache, return_hidden=True)
-        cache.reorder(torch.zeros(inp.shape[0], dtype=torch.long, device=inp.device))
-        hidden = model(inp, attention_mask=mask, cache=cache, return_hidden=True)
-    else:
-        hidden = model(inp, attention_mask=mask, return_hidden=True)
-    logits = unembed(model, hidden[:, -n_completion:]).float() / temperature
-    logp_all = F.log_softmax(logits, -1)
-    logp = logp_all.gather(-1, tokens[:, -n_completion:, None]).squeeze(-1)
-    entropy = None
-    if with_entropy:
-        with torch.no_grad():
-            entropy = -(logp_all.exp() * logp_all).sum(-1)
-    return logp, entropy
+        cache.reorder(inp.new_zeros(N if first is None else len(first)))
+    if first is None:
+        return model(inp, attention_mask=mask, cache=cache, return_hidden=True)[:, -L:]
+    last = model(inp[first, :R], attention_mask=mask[first, :R], cache=cache, return_hidden=True)
+    last = last[:, -1:].index_select(0, inverse)
+    if L == 1:
+        return last
+    cache.reorder(inverse)
+    rest = model(inp[:, R:], attention_mask=mask[:, R:], cache=cache, return_hidden=True)
+    return torch.cat([last, rest], 1)

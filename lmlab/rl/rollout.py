@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 from lmlab.generate.compiled import decoding_cache
 from lmlab.generate.generate import check_context, left_pad
-from lmlab.generate.sampling import SamplingConfig, choose
+from lmlab.generate.packed import packed_linears
+from lmlab.generate.sampling import SamplingConfig, sample_with_logprobs
 from lmlab.rl.grpo import unembed
 
 
@@ -108,18 +109,18 @@ def rollout(
         out, logps = [], []
         done = torch.zeros(N, dtype=torch.bool, device=device)
         alive = []  # [N] per step: 1 where the token is part of the completion
-        for step in range(max_new_tokens):
-            logits = logits.float()
-            nxt = choose(logits, sampling, generator)
-            lp = F.log_softmax(logits / (temperature or 1.0), -1).gather(-1, nxt[:, None])[:, 0]
-            nxt = torch.where(done, torch.full_like(nxt, pad), nxt)
-            alive.append(~done)
-            out.append(nxt)
-            logps.append(lp)
-            done = done | torch.isin(nxt, stops)
-            if bool(done.all()) or step + 1 == max_new_tokens:
-                break
-            logits = forward(nxt[:, None], cache=cache)[:, -1]
+        packed = contextlib.nullcontext() if compile else packed_linears(model, N)
+        with packed:  # decode steps only: N rows each
+            for step in range(max_new_tokens):
+                nxt, lp = sample_with_logprobs(logits, sampling, generator)
+                nxt = torch.where(done, torch.full_like(nxt, pad), nxt)
+                alive.append(~done)
+                out.append(nxt)
+                logps.append(lp)
+                done = done | torch.isin(nxt, stops)
+                if bool(done.all()) or step + 1 == max_new_tokens:
+                    break
+                logits = forward(nxt[:, None], cache=cache)[:, -1]
     finally:
         model.train(was_training)
     comp = torch.stack(out, 1)

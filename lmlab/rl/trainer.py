@@ -26,6 +26,7 @@ from lmlab.rl.rewards import RewardFn, combine_rewards, reward_name
 from lmlab.rl.rollout import Rollout, rollout
 from lmlab.rl.tasks.base import RLTask
 from lmlab.train import checkpoint as ckpt
+from lmlab.train.optimizers import can_fuse
 
 CKPT = "grpo_ckpt.pt"
 
@@ -67,7 +68,9 @@ class GRPOTrainer:
         self.ref = None
         if cfg.beta > 0 and not self.lora:
             self.ref = copy.deepcopy(model).eval().requires_grad_(False)
-        self.opt = torch.optim.AdamW(self.params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.opt = torch.optim.AdamW(
+            self.params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=can_fuse(self.params)
+        )
         device = next(model.parameters()).device.type
         # float32 master weights; bf16 matmuls in rollouts and forwards (AMX / tensor cores)
         self.autocast = torch.autocast(device, torch.bfloat16, enabled=cfg.dtype == "bfloat16")
