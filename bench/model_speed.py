@@ -3,8 +3,10 @@
     python bench/model_speed.py [--batch 4] [--seq 256] [--steps 5] [--dtype float32]
 
 Both models get identical weights (copied through lmlab's name map); each step is a full
-forward, cross-entropy loss and backward. Runs alternate between the two libraries so drift in
-machine load hits both equally. Prints tokens/s and the ratio lmlab / transformers.
+forward, cross-entropy loss and backward. Two pairs: the same external loss on both models' logits
+(`F.cross_entropy`), and each library's own training loss (`model(tokens, targets=...)`, which
+never materializes the logits, vs transformers' `model(input_ids, labels=...)`). Runs alternate
+between the libraries so drift in machine load hits all equally. Prints tokens/s and ratios.
 """
 
 from __future__ import annotations
@@ -54,6 +56,15 @@ def step_hf(model, tokens):
     loss.backward()
 
 
+def step_ours_targets(model, tokens):
+    targets = torch.cat([tokens[:, 1:], torch.full_like(tokens[:, :1], -100)], 1)
+    model(tokens, targets=targets).backward()
+
+
+def step_hf_labels(model, tokens):
+    model(input_ids=tokens, labels=tokens).loss.backward()
+
+
 def timed(fn, model, tokens) -> float:
     model.zero_grad(set_to_none=True)
     t0 = time.perf_counter()
@@ -91,25 +102,31 @@ def main() -> None:
         ours = Transformer(config_from_hf(hf_cfg.to_dict())).to(dtype).train()
         load_state_dict(ours, hf.state_dict())
         tokens = torch.randint(0, hf_cfg.vocab_size, (args.batch, args.seq))
+        steps = {"ours": (step_ours, ours), "hf": (step_hf, hf),
+                 "ours_targets": (step_ours_targets, ours), "hf_labels": (step_hf_labels, hf)}  # fmt: skip
         for _ in range(2):  # warm-up
-            timed(step_ours, ours, tokens)
-            timed(step_hf, hf, tokens)
+            for fn, model in steps.values():
+                timed(fn, model, tokens)
         compiled = None
         if args.compile:
             compiled = torch.compile(ours)
             for _ in range(2):  # compilation happens here, outside the timed steps
                 timed(step_ours, compiled, tokens)
-        t_ours, t_hf, t_comp = [], [], []
+        times = {k: [] for k in steps}
+        t_comp = []
         for _ in range(args.steps):
-            t_ours.append(timed(step_ours, ours, tokens))
-            t_hf.append(timed(step_hf, hf, tokens))
+            for k, (fn, model) in steps.items():
+                times[k].append(timed(fn, model, tokens))
             if compiled is not None:
                 t_comp.append(timed(step_ours, compiled, tokens))
         n = args.batch * args.seq
-        ours_tps, hf_tps = n / min(t_ours), n / min(t_hf)
+        tps = {k: n / min(v) for k, v in times.items()}
+        ours_tps, hf_tps = tps["ours"], tps["hf"]
         line = (
-            f"{shape:13s} lmlab {ours_tps:8.0f} tok/s   transformers {hf_tps:8.0f} tok/s   "
-            f"ratio {ours_tps / hf_tps:.2f}x"
+            f"{shape:13s} logits + F.cross_entropy: lmlab {ours_tps:6.0f} tok/s, transformers "
+            f"{hf_tps:6.0f} tok/s, ratio {ours_tps / hf_tps:.2f}x | own losses (targets= vs "
+            f"labels=): {tps['ours_targets']:6.0f} vs {tps['hf_labels']:6.0f} tok/s, ratio "
+            f"{tps['ours_targets'] / tps['hf_labels']:.2f}x"
         )
         if t_comp:
             comp_tps = n / min(t_comp)

@@ -15,6 +15,7 @@ from torch import nn
 from lmlab.config import Config
 from lmlab.generate.cache import KVCache, LayerCache
 from lmlab.hooks import HookedMixin, HookPoint
+from lmlab.linear_cross_entropy import linear_cross_entropy
 
 # ---------------------------------------------------------------------------- norms
 
@@ -542,6 +543,8 @@ class Transformer(HookedMixin, nn.Module):
         return_hidden: bool = False,
         cache: KVCache | None = None,
         start_at_layer: int | None = None,
+        targets: torch.Tensor | None = None,
+        loss_reduction: str = "mean",
     ) -> torch.Tensor:
         """tokens: [B, T] ids -> logits [B, T, vocab] (hidden states [B, T, d] for encoders,
         with `return_hidden`, or when stopping early at `stop_at_layer`).
@@ -551,6 +554,9 @@ class Transformer(HookedMixin, nn.Module):
         cache: a `KVCache`; the tokens are appended to it and attend to everything cached before.
         start_at_layer: `tokens` is instead the residual stream [B, T, d_model] entering that block
         (e.g. cached activations); the embedding and earlier blocks are skipped.
+        targets: [B, T] class ids (-100 = no loss) -> the cross-entropy ("mean" or "sum" over
+        counted tokens, `loss_reduction`) instead of logits, computed without materializing them
+        (`linear_cross_entropy`) unless hooks sit on the LM head or logits are softcapped.
         """
         cfg = self.cfg
         if start_at_layer is not None:
@@ -617,12 +623,35 @@ class Transformer(HookedMixin, nn.Module):
             cache.commit(T)
         if self.ln_final is not None:
             x = self.ln_final(x)
+        if targets is not None:
+            return self._loss(x, targets, loss_reduction)
         if return_hidden or self.unembed is None:
             return x
         logits = self.unembed(x)
         if cfg.final_softcap is not None:
             logits = torch.tanh(logits / cfg.final_softcap) * cfg.final_softcap
         return logits
+
+    def _loss(self, x: torch.Tensor, targets: torch.Tensor, reduction: str) -> torch.Tensor:
+        head = self.unembed
+        if reduction not in ("mean", "sum"):
+            raise ValueError(f"loss_reduction={reduction!r}: use 'mean' or 'sum'")
+        if head is None:
+            raise ValueError(f"{self.cfg.name} has no LM head (an encoder?): targets need one")
+        if targets.shape != x.shape[:-1]:
+            raise ValueError(
+                f"targets have shape {tuple(targets.shape)}, expected {tuple(x.shape[:-1])} "
+                "(one next-token id per input token, -100 where no loss counts)"
+            )
+        hooked = head._forward_hooks or head._forward_pre_hooks or type(head) is not nn.Linear
+        if self.cfg.final_softcap is None and not hooked:
+            return linear_cross_entropy(x, head.weight, targets, head.bias, reduction=reduction)
+        logits = head(x)
+        if self.cfg.final_softcap is not None:
+            logits = torch.tanh(logits / self.cfg.final_softcap) * self.cfg.final_softcap
+        return F.cross_entropy(
+            logits.float().flatten(0, 1), targets.flatten(), ignore_index=-100, reduction=reduction
+        )
 
     def _embed(
         self,

@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from lmlab.config import ConfigError
@@ -134,11 +133,8 @@ class Trainer:
 
     # ------------------------------------------------------------------ loss and evaluation
     def _loss_sum(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        with self.autocast:
-            logits = self.net(x)
-        return F.cross_entropy(
-            logits.float().flatten(0, 1), y.flatten(), ignore_index=IGNORE_INDEX, reduction="sum"
-        )
+        with self.autocast:  # the model's fused LM-head loss: no [batch, T, vocab] logits kept
+            return self.net(x, targets=y, loss_reduction="sum")
 
     def _shard(self, t: torch.Tensor) -> torch.Tensor:
         n = t.shape[0] // self.dist.world
