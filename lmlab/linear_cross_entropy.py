@@ -20,12 +20,11 @@ CHUNK_ELEMENTS = 1 << 24  # logits per chunk (64 MB of float32): few passes over
 
 class _LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, hidden, weight, bias, targets, ignore_index, chunk_rows):
+    def forward(ctx, hidden, weight, bias, targets, ignore_index, chunk_rows, needs):
         N, V = hidden.shape[0], weight.shape[0]
         valid = targets != ignore_index
         rows = torch.arange(chunk_rows, device=hidden.device)
-        need_h, need_w = hidden.requires_grad, weight.requires_grad
-        need_b = bias is not None and bias.requires_grad
+        need_h, need_w, need_b = needs
         grad_h = torch.empty_like(hidden) if need_h else None
         grad_w = torch.zeros_like(weight) if need_w else None
         grad_b = torch.zeros_like(bias) if need_b else None
@@ -44,6 +43,8 @@ class _LinearCrossEntropy(torch.autograd.Function):
             total = z.sum(1, keepdim=True)
             lse = (top + total.log())[:, 0]
             loss += ((lse - picked) * ok).sum(dtype=torch.float32)
+            if not any(needs):
+                continue
             z.div_(total)  # softmax; minus one-hot at the target; ignored rows contribute nothing
             z[rows[:n], safe_t] -= 1
             z.mul_(ok[:, None].to(z.dtype))
@@ -54,13 +55,12 @@ class _LinearCrossEntropy(torch.autograd.Function):
             if need_b:
                 grad_b += z.sum(0)
         ctx.save_for_backward(grad_h, grad_w, grad_b)
-        ctx.needs = (need_h, need_w, need_b)
         return loss
 
     @staticmethod
     def backward(ctx, grad_loss):
         grads = [g * grad_loss.to(g.dtype) if g is not None else None for g in ctx.saved_tensors]
-        return grads[0], grads[1], grads[2], None, None, None
+        return grads[0], grads[1], grads[2], None, None, None, None
 
 
 def linear_cross_entropy(
@@ -92,7 +92,9 @@ def linear_cross_entropy(
         logits = F.linear(h, weight, bias).float()
         return F.cross_entropy(logits, t, ignore_index=ignore_index, reduction=reduction)
     rows = chunk_rows or max(16, CHUNK_ELEMENTS // weight.shape[0])
-    loss = _LinearCrossEntropy.apply(h, weight, bias, t, ignore_index, rows)
+    grad = torch.is_grad_enabled()  # no gradient matmuls when evaluating
+    needs = tuple(grad and x is not None and x.requires_grad for x in (h, weight, bias))
+    loss = _LinearCrossEntropy.apply(h, weight, bias, t, ignore_index, rows, needs)
     if reduction == "sum":
         return loss
     return loss / (t != ignore_index).sum().clamp(min=1)

@@ -82,3 +82,16 @@ def test_hooked_head_takes_the_plain_path():
     x = torch.randint(0, model.cfg.vocab_size, (2, 8))
     model(x, targets=x).backward()
     assert head.lora_A.weight.grad is not None and head.lora_A.weight.grad.abs().sum() > 0
+
+
+def test_no_gradient_work_when_evaluating(monkeypatch):
+    """Under no_grad only the loss is computed: one matmul per chunk, not three."""
+    h, w = torch.randn(20, 8), torch.randn(30, 8, requires_grad=True)
+    t = torch.randint(0, 30, (20,))
+    calls = []
+    mm = torch.mm
+    monkeypatch.setattr(torch, "mm", lambda *a, **k: calls.append(1) or mm(*a, **k))
+    with torch.no_grad():
+        loss = linear_cross_entropy(h, w, t, chunk_rows=5)
+    assert len(calls) == 4  # 4 chunks x logits only
+    torch.testing.assert_close(loss, F.cross_entropy(h @ w.detach().T, t))
