@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-IGNORE_INDEX = -100
+IGNORE_INDEX = -100  # label value the loss skips (lmlab.data.tokens re-exports it)
 CHUNK_ELEMENTS = 1 << 24  # logits per chunk (64 MB of float32): few passes over grad W
 
 

@@ -15,7 +15,7 @@ from torch import nn
 from lmlab.config import Config
 from lmlab.generate.cache import KVCache, LayerCache
 from lmlab.hooks import HookedMixin, HookPoint
-from lmlab.linear_cross_entropy import linear_cross_entropy
+from lmlab.linear_cross_entropy import IGNORE_INDEX, linear_cross_entropy
 
 # ---------------------------------------------------------------------------- norms
 
@@ -627,10 +627,12 @@ class Transformer(HookedMixin, nn.Module):
             return self._loss(x, targets, loss_reduction)
         if return_hidden or self.unembed is None:
             return x
+        return self._logits(x)
+
+    def _logits(self, x: torch.Tensor) -> torch.Tensor:
         logits = self.unembed(x)
-        if cfg.final_softcap is not None:
-            logits = torch.tanh(logits / cfg.final_softcap) * cfg.final_softcap
-        return logits
+        cap = self.cfg.final_softcap
+        return logits if cap is None else torch.tanh(logits / cap) * cap
 
     def _loss(self, x: torch.Tensor, targets: torch.Tensor, reduction: str) -> torch.Tensor:
         head = self.unembed
@@ -646,11 +648,11 @@ class Transformer(HookedMixin, nn.Module):
         hooked = head._forward_hooks or head._forward_pre_hooks or type(head) is not nn.Linear
         if self.cfg.final_softcap is None and not hooked:
             return linear_cross_entropy(x, head.weight, targets, head.bias, reduction=reduction)
-        logits = head(x)
-        if self.cfg.final_softcap is not None:
-            logits = torch.tanh(logits / self.cfg.final_softcap) * self.cfg.final_softcap
         return F.cross_entropy(
-            logits.float().flatten(0, 1), targets.flatten(), ignore_index=-100, reduction=reduction
+            self._logits(x).float().flatten(0, 1),
+            targets.flatten(),
+            ignore_index=IGNORE_INDEX,
+            reduction=reduction,
         )
 
     def _embed(

@@ -9,9 +9,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from lmlab.linear_cross_entropy import IGNORE_INDEX  # noqa: F401  (label value the loss skips)
 from lmlab.runs import atomic_write
-
-IGNORE_INDEX = -100  # label value the loss skips
 
 
 class TokenDataError(ValueError):
