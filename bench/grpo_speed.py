@@ -2,6 +2,7 @@
 
     python bench/grpo_speed.py [--model smollm2-135m-instruct] [--group 8] [--prompts 2]
         [--new-tokens 32] [--steps 2] [--threads 1] [--eos] [--only lmlab|trl] [--compile] [--bf16]
+        [--rounds 1]
 
 Both trainers get the same weights (lmlab's model dequantized once; TRL's is a transformers Llama
 holding the same tensors), the same arithmetic word-problem prompts (chat template applied as
@@ -12,7 +13,9 @@ the stop token is ignored, so every completion has exactly `--new-tokens` tokens
 
 Measured after one warm-up step: rollout tokens/s (completion tokens / time inside generation)
 and optimizer steps per minute (wall time of whole steps: rollout, rewards, forward, backward,
-optimizer). Prints both libraries and the ratio lmlab / TRL.
+optimizer). Prints both libraries and the ratio lmlab / TRL; with `--rounds N` the pair runs N times
+(on a shared machine the speed of both drifts by tens of percent over minutes) and the median
+ratio is printed too.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import argparse
 import logging
 import os
 import platform
+import statistics
 import time
 import warnings
 
@@ -136,6 +140,8 @@ def main() -> None:
     ap.add_argument("--only", choices=["lmlab", "trl"], default=None)
     ap.add_argument("--compile", action="store_true", help="also lmlab with compiled rollouts")
     ap.add_argument("--bf16", action="store_true", help="both under bf16 autocast (fp32 weights)")
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="repeat lmlab then TRL this many times; ratios per round and their median")  # fmt: skip
     ap.add_argument("--out", default="/tmp/lmlab_grpo_bench")
     args = ap.parse_args()
     if args.threads:
@@ -156,23 +162,35 @@ def main() -> None:
           f"{torch.get_num_threads()} threads; G={args.group}, {args.prompts} prompts/step, "
           f"{args.new_tokens} new tokens, {args.steps} timed steps, eos={args.eos}, "
           f"{'bf16 autocast' if args.bf16 else 'float32'}")  # fmt: skip
-    results = {}
     runs = [("lmlab", bench_lmlab), ("trl", bench_trl)]
     if args.compile:
         runs.insert(1, ("lmlab+compile", lambda *a: bench_lmlab(*a, compile=True)))
-    for name, fn in runs:
-        if args.only in (None, name.split("+")[0]):
+    runs = [(name, fn) for name, fn in runs if args.only in (None, name.split("+")[0])]
+    ratios: dict[str, list[tuple[float, float]]] = {}
+    for r in range(args.rounds):
+        results = {}
+        for name, fn in runs:
             torch.manual_seed(0)
             results[name] = fn(args, task.train, task)
-            r = results[name]
-            print(f"{name:13s} rollout {r['rollout_tok_s']:8.1f} tok/s   {r['steps_per_min']:6.2f} "
-                  f"steps/min   {r['tokens_per_step']:.0f} tokens/step, rollout "
-                  f"{100 * r['rollout_share']:.0f}% of step time")  # fmt: skip
-    b = results.get("trl")
-    for name, a in results.items():
-        if b is not None and name != "trl":
-            print(f"ratio {name}/TRL: rollout tokens/s {a['rollout_tok_s'] / b['rollout_tok_s']:.2f}x, "
-                  f"optimizer steps/min {a['steps_per_min'] / b['steps_per_min']:.2f}x")  # fmt: skip
+            res = results[name]
+            print(f"{name:13s} rollout {res['rollout_tok_s']:8.1f} tok/s   {res['steps_per_min']:6.2f} "
+                  f"steps/min   {res['tokens_per_step']:.0f} tokens/step, rollout "
+                  f"{100 * res['rollout_share']:.0f}% of step time")  # fmt: skip
+        b = results.get("trl")
+        for name, a in results.items():
+            if b is not None and name != "trl":
+                pair = (
+                    a["rollout_tok_s"] / b["rollout_tok_s"],
+                    a["steps_per_min"] / b["steps_per_min"],
+                )
+                ratios.setdefault(name, []).append(pair)
+                print(f"round {r + 1} ratio {name}/TRL: rollout tokens/s {pair[0]:.2f}x, "
+                      f"optimizer steps/min {pair[1]:.2f}x")  # fmt: skip
+    for name, pairs in ratios.items():
+        if len(pairs) > 1:
+            roll, steps = (statistics.median(p[i] for p in pairs) for i in (0, 1))
+            print(f"median of {len(pairs)} rounds {name}/TRL: rollout tokens/s {roll:.2f}x, "
+                  f"optimizer steps/min {steps:.2f}x")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ the block, the model. Weight-format quirks live in `lmlab.weights`, never here.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -101,9 +102,12 @@ def rope_inv_freq(cfg: Config, base: float) -> tuple[torch.Tensor, float]:
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate halves of the last dim: x: [B, H, T, D], cos/sin: [B, 1, T, D/2]."""
-    x1, x2 = x.chunk(2, dim=-1)
-    return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
+    """Rotate halves of the last dim: (x1, x2) -> (x1 cos - x2 sin, x2 cos + x1 sin).
+
+    x: [B, H, T, D]; cos: [B, 1, T, D] (the half-width cosines twice), sin: [B, 1, T, D] (the
+    sines negated, then as they are), so that swapping the halves makes it two products and a sum.
+    """
+    return x * cos + x.roll(x.shape[-1] // 2, -1) * sin
 
 
 # ---------------------------------------------------------------------------- attention
@@ -149,6 +153,8 @@ class Attention(nn.Module):
         self.hook_z = HookPoint()
         # [B, T, H, d_model], per-head outputs, computed only when hooked
         self.hook_result = HookPoint()
+        # q|k|v as one matmul over the stacked weights; set only by `lmlab.generate.packed`
+        self.fused_qkv: Callable[[torch.Tensor], torch.Tensor] | None = None
 
     def forward(
         self,
@@ -163,9 +169,14 @@ class Attention(nn.Module):
         ones (`mask` then covers the cached length S). A `prefix` is prepended to the keys/values.
         """
         B, T, _ = x.shape
-        q = self.hook_q(self.q(x).view(B, T, self.n_heads, self.head_dim))
-        k = self.hook_k(self.k(x).view(B, T, self.n_kv_heads, self.head_dim))
-        v = self.hook_v(self.v(x).view(B, T, self.n_kv_heads, self.head_dim))
+        if self.fused_qkv is None:
+            q, k, v = self.q(x), self.k(x), self.v(x)
+        else:
+            kv = self.n_kv_heads * self.head_dim
+            q, k, v = self.fused_qkv(x).split((self.n_heads * self.head_dim, kv, kv), -1)
+        q = self.hook_q(q.view(B, T, self.n_heads, self.head_dim))
+        k = self.hook_k(k.view(B, T, self.n_kv_heads, self.head_dim))
+        v = self.hook_v(v.view(B, T, self.n_kv_heads, self.head_dim))
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # [B, H, T, D]
@@ -319,12 +330,18 @@ class MLP(nn.Module):
         self.hook_pre = HookPoint()  # [B, T, d_ff] pre-activation (the gate's, for gated MLPs)
         self.hook_pre_linear = HookPoint()  # [B, T, d_ff] the linear (up) branch of gated MLPs
         self.hook_post = HookPoint()  # [B, T, d_ff] what enters the down projection
+        # gate|up as one matmul over the stacked weights; set only by `lmlab.generate.packed`
+        self.fused_gate_up: Callable[[torch.Tensor], torch.Tensor] | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.gate is None:
             h = activation(self.cfg.mlp, self.hook_pre(self.up(x)))
         else:
-            h = gated_act(self.cfg, self.hook_pre(self.gate(x)), self.hook_pre_linear(self.up(x)))
+            if self.fused_gate_up is None:
+                gate, up = self.gate(x), self.up(x)
+            else:
+                gate, up = self.fused_gate_up(x).chunk(2, -1)
+            h = gated_act(self.cfg, self.hook_pre(gate), self.hook_pre_linear(up))
         return self.down(self.hook_post(h))
 
 
@@ -446,13 +463,15 @@ class Block(nn.Module):
         a = self.attn(self.ln1(x), rope, mask, cache=cache)
         if self.cfg.sandwich_norm:
             a = self.ln1_post(a)
-        x = self.hook_resid_mid(x + s * self.hook_attn_out(self.drop(a)))
+        a = self.hook_attn_out(self.drop(a))
+        x = self.hook_resid_mid(x + a if s == 1 else x + s * a)
         if self.mlp is None:  # attention-only
             return self.hook_resid_post(x)
         m = self.mlp(self.ln2(x))
         if self.cfg.sandwich_norm:
             m = self.ln2_post(m)
-        return self.hook_resid_post(x + s * self.hook_mlp_out(self.drop(m)))
+        m = self.hook_mlp_out(self.drop(m))
+        return self.hook_resid_post(x + m if s == 1 else x + s * m)
 
 
 class Transformer(HookedMixin, nn.Module):
@@ -685,16 +704,17 @@ class Transformer(HookedMixin, nn.Module):
     def _ropes(
         self, position_ids: torch.Tensor, dtype: torch.dtype
     ) -> dict[float, tuple[torch.Tensor, torch.Tensor]]:
-        """cos/sin [B, 1, T, head_dim/2] for each RoPE base in use."""
+        """cos/sin [B, 1, T, head_dim] for each RoPE base in use, in `apply_rope`'s layout."""
         if self.cfg.positions != "rope":
             return {}
         out = {}
         for base in {self.cfg.rope_base(i) for i in range(self.cfg.n_layers)}:
             freqs = position_ids[:, None, :, None].float() * getattr(self, _rope_key(base))
-            out[base] = (
+            cos, sin = (
                 (freqs.cos() * self.rope_scale).to(dtype),
                 (freqs.sin() * self.rope_scale).to(dtype),
             )
+            out[base] = (torch.cat((cos, cos), -1), torch.cat((-sin, sin), -1))
         return out
 
     def _mask(

@@ -140,6 +140,24 @@ def test_sampling_draws_the_softmax_distribution():
     torch.testing.assert_close(logp, probs.log()[top2])
 
 
+def test_two_level_draw_across_blocks():
+    """`draw` picks a vocabulary block, then a token in it: tokens at block edges and in the
+    padded last block come out at their probabilities; zero-weight tokens never do."""
+    from lmlab.generate.sampling import BLOCK, draw
+
+    V = 2 * BLOCK + 188  # not a multiple of the block: the last block is padded
+    live = torch.tensor([0, BLOCK - 1, BLOCK, 2 * BLOCK + 5, V - 1])
+    weights = torch.zeros(V)
+    weights[live] = torch.tensor([0.1, 0.3, 0.2, 0.15, 0.25])
+    tokens = draw(weights.repeat(200_000, 1), torch.Generator().manual_seed(1))
+    freq = torch.bincount(tokens, minlength=V).float() / len(tokens)
+    assert set(tokens.unique().tolist()) == set(live.tolist())
+    assert (freq[live] - weights[live]).abs().max() < 0.005
+    only_last = torch.zeros(3, V)
+    only_last[:, -1] = 1e-30  # all mass in the padded block's one real token, however tiny
+    assert draw(only_last, None).tolist() == [V - 1] * 3
+
+
 def test_seeded_sampling_is_reproducible_and_varies():
     model = Transformer(preset("llama-tiny")).eval()
     kw = dict(max_new_tokens=10, temperature=1.0, top_p=0.95)

@@ -197,13 +197,14 @@ def test_compiled_rollout_equals_eager_and_follows_weight_updates():
     both()
 
 
-@pytest.mark.parametrize("bf16", [False, True])
-def test_packed_decoding_equals_plain_decoding(bf16, monkeypatch):
-    """Rollouts decode with weights packed once for the CPU GEMM (`packed_linears`): the same
-    completions and log-probs as the plain `nn.Linear` path, and the modules are restored."""
+@pytest.mark.parametrize("mode", ["float32", "autocast", "bf16-weights"])
+def test_packed_decoding_equals_plain_decoding(mode, monkeypatch):
+    """Rollouts decode with weights packed once for the CPU GEMM (`packed_linears`, q/k/v and
+    gate/up stacked into one matmul each): the same completions and log-probs as the plain
+    `nn.Linear` path, and the modules are restored."""
     from lmlab.generate import packed
 
-    model = tiny(vocab=64)
+    model = tiny(vocab=64).to(torch.bfloat16 if mode == "bf16-weights" else torch.float32)
     with torch.no_grad():
         if not packed.can_pack(model, 2):
             pytest.skip("no MKL / oneDNN packed linear kernels in this torch build")
@@ -212,14 +213,29 @@ def test_packed_decoding_equals_plain_decoding(bf16, monkeypatch):
     for use in (True, False):
         if not use:
             monkeypatch.setattr(packed, "can_pack", lambda *a: False)
-        with torch.autocast("cpu", torch.bfloat16, enabled=bf16):
+        with torch.autocast("cpu", torch.bfloat16, enabled=mode == "autocast"):
             runs.append(rollout(model, prompts, 4, 12, generator=torch.Generator().manual_seed(3)))
     assert runs[0].completions == runs[1].completions
     torch.testing.assert_close(runs[0].logps, runs[1].logps, atol=1e-6, rtol=0)
     assert not any("forward" in vars(m) for m in model.modules())
+    assert all(b.attn.fused_qkv is None and b.mlp.fused_gate_up is None for b in model.blocks)
     monkeypatch.undo()
-    x = torch.randn(3, 32)
+    x = torch.randn(3, 32, dtype=model.unembed.weight.dtype)
+    attn, mlp = model.blocks[0].attn, model.blocks[0].mlp
+    with torch.no_grad():
+        qkv, gate_up = (
+            torch.cat([attn.q(x), attn.k(x), attn.v(x)], -1),
+            torch.cat([mlp.gate(x), mlp.up(x)], -1),
+        )
     with torch.no_grad(), packed.packed_linears(model, 3):
-        assert sum("forward" in vars(m) for m in model.modules()) == 2 * 7 + 1  # 2 blocks + head
-        torch.testing.assert_close(model.blocks[0].mlp.up(x), x @ model.blocks[0].mlp.up.weight.T)
-        assert model.blocks[0].mlp.up(x[:2]).shape == (2, model.cfg.d_ff)  # other rows: plain path
+        assert sum("forward" in vars(m) for m in model.modules()) == 2 * 2 + 1  # o, down; head
+        torch.testing.assert_close(model.unembed(x), x @ model.unembed.weight.T)
+        torch.testing.assert_close(attn.fused_qkv(x), qkv)
+        torch.testing.assert_close(mlp.fused_gate_up(x), gate_up)
+        assert mlp.fused_gate_up(x[:2]).shape == (2, 2 * model.cfg.d_ff)  # other row counts work too
+    handle = attn.k.register_forward_hook(lambda *a: None)  # a hooked projection is not fused
+    with torch.no_grad(), packed.packed_linears(model, 3):
+        assert (
+            attn.fused_qkv is None and "forward" in vars(attn.q) and "forward" not in vars(attn.k)
+        )
+    handle.remove()

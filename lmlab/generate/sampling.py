@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
 
 @dataclass
@@ -71,20 +72,38 @@ def choose(
     """Next token ids [B] from last-position logits [B, vocab]."""
     if cfg.greedy:
         return logits.argmax(-1)
-    probs = filter_logits(logits.float(), cfg).softmax(-1)
-    return draw(probs.cumsum(-1), generator)
+    return draw(filter_logits(logits.float(), cfg).softmax(-1), generator)
 
 
-def draw(cdf: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-    """One index per row from cumulative weights `cdf` [B, V] (unnormalized): inverse CDF sampling.
+BLOCK = 256  # vocabulary slice summed as one unit by `draw`
 
-    One uniform per row; `torch.multinomial` draws V exponentials per row instead (~20x slower on
-    CPU for a 49k vocabulary). Index i is drawn when cdf[i-1] <= u * total < cdf[i], so tokens of
-    zero weight never are; a float32 cdf resolves each probability to ~1e-7 of the total.
+
+def draw(weights: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """One index per row, drawn with probability proportional to `weights` [B, V] (>= 0).
+
+    Inverse-CDF sampling with one uniform per row (`torch.multinomial` draws V exponentials per
+    row, ~20x slower on a CPU for a 49k vocabulary), in two levels: a block of `BLOCK` tokens is
+    picked from the cumulative block sums, then a token inside it, so the sequential cumsum runs
+    over V / BLOCK + BLOCK numbers instead of V. Index i is drawn when the mass before it is
+    <= u * total < the mass through it, so tokens of zero weight never are.
     """
-    u = torch.rand(cdf.shape[0], 1, generator=generator, dtype=cdf.dtype, device=cdf.device)
-    idx = torch.searchsorted(cdf, u * cdf[:, -1:], right=True).squeeze(-1)
-    return idx.clamp_(max=cdf.shape[-1] - 1)
+    B, V = weights.shape
+    if V % BLOCK:
+        weights = F.pad(weights, (0, BLOCK - V % BLOCK))  # zero weight: never drawn
+    blocks = weights.view(B, -1, BLOCK)
+    cum = blocks.sum(-1).cumsum_(-1)  # [B, V / BLOCK]
+    u = torch.rand(B, 1, generator=generator, dtype=cum.dtype, device=cum.device) * cum[:, -1:]
+    b = _search(cum, u)  # [B, 1]
+    before = torch.where(b > 0, cum.gather(-1, (b - 1).clamp_(min=0)), 0)
+    inner = blocks.gather(1, b[..., None].expand(B, 1, BLOCK)).squeeze(1).cumsum_(-1)
+    return (b * BLOCK + _search(inner, u - before)).squeeze(-1)
+
+
+def _search(cum: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """Per row, the first index whose cumulative weight exceeds x [B, 1]; never past the last
+    index of positive weight (x may round up to the row's total)."""
+    last = (cum < cum[:, -1:]).sum(-1, keepdim=True)
+    return torch.searchsorted(cum, x, right=True).minimum(last)
 
 
 def sample_with_logprobs(
@@ -93,19 +112,19 @@ def sample_with_logprobs(
     """Next token ids [B] and their log-probabilities [B] under the temperature alone.
 
     The log-probs ignore top-k/top-p/min-p (what RL ratios are taken against); temperature 0 picks
-    the argmax and scores it at temperature 1. Without filters one exp + cumsum pass serves both
-    the draw and the normalizer, instead of separate softmax and log-softmax passes.
+    the argmax and scores it at temperature 1. Without filters one exp pass serves both the draw
+    and the normalizer, instead of separate softmax and log-softmax passes.
     """
-    scaled = (
-        logits.float() if cfg.greedy or cfg.temperature == 1 else logits.float() / cfg.temperature
-    )
-    top = scaled.amax(-1, keepdim=True)
-    cdf = (scaled - top).exp_().cumsum(-1)
+    t = 1.0 if cfg.greedy else cfg.temperature
+    weights = logits.float() / t if t != 1 else logits.to(torch.float32, copy=True)
+    # exp(logits / T - max) in place: a second vocabulary-sized buffer per step would be fresh
+    # memory, and its page faults cost more than the arithmetic
+    weights.sub_(weights.amax(-1, keepdim=True)).exp_()
     if cfg.greedy:
-        tokens = scaled.argmax(-1)
+        tokens = logits.argmax(-1)
     elif cfg.top_k is None and cfg.top_p is None and not cfg.min_p:
-        tokens = draw(cdf, generator)
+        tokens = draw(weights, generator)
     else:
         tokens = choose(logits, cfg, generator)
-    logp = scaled.gather(-1, tokens[:, None]) - top - cdf[:, -1:].log()
+    logp = weights.gather(-1, tokens[:, None]).log() - weights.sum(-1, keepdim=True).log()
     return tokens, logp.squeeze(-1)

@@ -79,7 +79,7 @@ def pretrain(cfg: Config, task: AdditionTask, out: RunDir) -> tuple[Transformer,
         model="gpt2-tiny",
         model_overrides=dict(d_model=cfg.d_model, n_layers=cfg.n_layers, n_heads=cfg.n_heads),
         batch_size=128, lr=cfg.sft_lr, min_lr=cfg.sft_lr / 10, warmup_steps=20,
-        max_steps=cfg.sft_max_steps, weight_decay=0.0, eval_interval=25,
+        max_steps=cfg.sft_max_steps, weight_decay=0.0, eval_interval=5,
         eval_iters=2, out_dir=str(out.path / "sft"), threads=cfg.threads, seed=cfg.seed,
         tensorboard=False,
     )  # fmt: skip
@@ -124,7 +124,7 @@ def run(cfg: Config, out: RunDir) -> dict:
     out.write_report(f"""# grpo-addition
 
 A {cfg.n_layers}-layer GPT (d_model {cfg.d_model}) trained on reversed-answer 3-digit addition only
-until validation exact match reached {cfg.sft_target:.0%} (checked every 25 steps; stopped after
+until validation exact match reached {cfg.sft_target:.0%} (checked every 5 steps; stopped after
 {sft_history[-1]["step"]} steps, {t_sft:.0f} s), then GRPO with rewards only (exact answer +
 fraction of digits right), {cfg.num_generations} samples per prompt, {cfg.prompts_per_step} prompts
 per step, loss `{cfg.loss_type}`, beta {cfg.beta}.

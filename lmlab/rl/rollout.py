@@ -97,20 +97,20 @@ def rollout(
         p_tokens, p_mask = (t.to(device) for t in left_pad(rest, pad))
         needed = S + p_tokens.shape[1] + max_new_tokens - 1  # the last token is never fed back
         cache, forward = decoding_cache(model, 1 if S else len(prompts), needed, compile)
-        if S:
-            model(prefix[None], cache=cache, return_hidden=True)
-            cache.reorder(torch.zeros(len(prompts), dtype=torch.long, device=device))
-        hidden = model(p_tokens, attention_mask=p_mask, cache=cache, return_hidden=True)
-        logits = unembed(model, hidden[:, -1])
-        expand = torch.arange(len(prompts), device=device).repeat_interleave(group_size)
-        cache.reorder(expand)
-        logits = logits.index_select(0, expand)
-        N = expand.numel()
-        out, logps = [], []
-        done = torch.zeros(N, dtype=torch.bool, device=device)
-        alive = []  # [N] per step: 1 where the token is part of the completion
+        N = len(prompts) * group_size
         packed = contextlib.nullcontext() if compile else packed_linears(model, N)
-        with packed:  # decode steps only: N rows each
+        with packed:  # packed for the N-row decode steps (bf16 packing also serves the prefill)
+            if S:
+                model(prefix[None], cache=cache, return_hidden=True)
+                cache.reorder(torch.zeros(len(prompts), dtype=torch.long, device=device))
+            hidden = model(p_tokens, attention_mask=p_mask, cache=cache, return_hidden=True)
+            logits = unembed(model, hidden[:, -1])
+            expand = torch.arange(len(prompts), device=device).repeat_interleave(group_size)
+            cache.reorder(expand)
+            logits = logits.index_select(0, expand)
+            out, logps = [], []
+            done = torch.zeros(N, dtype=torch.bool, device=device)
+            alive = []  # [N] per step: 1 where the token is part of the completion
             for step in range(max_new_tokens):
                 nxt, lp = sample_with_logprobs(logits, sampling, generator)
                 nxt = torch.where(done, torch.full_like(nxt, pad), nxt)
