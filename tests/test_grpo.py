@@ -232,7 +232,10 @@ def test_packed_decoding_equals_plain_decoding(mode, monkeypatch):
         torch.testing.assert_close(model.unembed(x), x @ model.unembed.weight.T)
         torch.testing.assert_close(attn.fused_qkv(x), qkv)
         torch.testing.assert_close(mlp.fused_gate_up(x), gate_up)
-        assert mlp.fused_gate_up(x[:2]).shape == (2, 2 * model.cfg.d_ff)  # other row counts work too
+        assert mlp.fused_gate_up(x[:2]).shape == (
+            2,
+            2 * model.cfg.d_ff,
+        )  # other row counts work too
     handle = attn.k.register_forward_hook(lambda *a: None)  # a hooked projection is not fused
     with torch.no_grad(), packed.packed_linears(model, 3):
         assert (
