@@ -646,9 +646,10 @@ class Transformer(HookedMixin, nn.Module):
             return self._loss(x, targets, loss_reduction)
         if return_hidden or self.unembed is None:
             return x
-        return self._logits(x)
+        return self.to_logits(x)
 
-    def _logits(self, x: torch.Tensor) -> torch.Tensor:
+    def to_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Final hidden states [..., d] (after `ln_final`) -> logits: LM head, then final softcap."""
         logits = self.unembed(x)
         cap = self.cfg.final_softcap
         return logits if cap is None else torch.tanh(logits / cap) * cap
@@ -668,7 +669,7 @@ class Transformer(HookedMixin, nn.Module):
         if self.cfg.final_softcap is None and not hooked:
             return linear_cross_entropy(x, head.weight, targets, head.bias, reduction=reduction)
         return F.cross_entropy(
-            self._logits(x).float().flatten(0, 1),
+            self.to_logits(x).float().flatten(0, 1),
             targets.flatten(),
             ignore_index=IGNORE_INDEX,
             reduction=reduction,

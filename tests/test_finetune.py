@@ -21,7 +21,7 @@ from lmlab.finetune import (
 )
 from lmlab.finetune.classify import residual_at
 from lmlab.finetune.data import LabeledTexts
-from lmlab.finetune.sft import IGNORE, SFTConfig, sft_batch, sft_example, sft_loss, train_sft
+from lmlab.finetune.sft import IGNORE_INDEX, SFTConfig, sft_batch, sft_example, sft_loss, train_sft
 from lmlab.peft import apply_lora
 from lmlab.tokenizers.char import CharTokenizer
 
@@ -143,8 +143,8 @@ def test_sft_labels_cover_only_the_response() -> None:
     ids, labels = sft_example(tok, "2+2?", "4")
     text = tok.decode(ids)
     assert text == "user: 2+2?;assistant: 4;"
-    assert tok.decode([t for t in labels if t != IGNORE]) == "4;"
-    assert labels[: len(ids) - 2] == [IGNORE] * (len(ids) - 2)
+    assert tok.decode([t for t in labels if t != IGNORE_INDEX]) == "4;"
+    assert labels[: len(ids) - 2] == [IGNORE_INDEX] * (len(ids) - 2)
 
 
 def test_sft_learns_answers_with_lora() -> None:
@@ -162,5 +162,5 @@ def test_sft_learns_answers_with_lora() -> None:
     assert before > 2.0 and after < before / 10, (before, hist[-1])
     tokens, mask, labels = batch
     pred = model(tokens, attention_mask=mask)[:, :-1].argmax(-1)
-    resp = labels[:, 1:] != IGNORE
+    resp = labels[:, 1:] != IGNORE_INDEX
     assert torch.equal(pred[resp], labels[:, 1:][resp])

@@ -12,15 +12,14 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from lmlab.data.tokens import IGNORE_INDEX
 from lmlab.train.optimizers import can_fuse
-
-IGNORE = -100
 
 
 def sft_example(
     tokenizer, prompt: str, response: str, system: str | None = None, max_len: int = 512
 ) -> tuple[list[int], list[int]]:
-    """(ids, labels): the rendered conversation; labels are IGNORE on everything but the response.
+    """(ids, labels): the rendered conversation; labels are IGNORE_INDEX except on the response.
 
     With a chat template the response is the assistant turn (its closing tokens included);
     without one it is the plain text after the prompt, followed by EOS when the tokenizer has one.
@@ -45,7 +44,7 @@ def sft_example(
     if not r_ids:
         raise ValueError(f"empty response for prompt {prompt[:40]!r}: nothing to learn")
     ids = (p_ids + r_ids)[:max_len]
-    labels = ([IGNORE] * len(p_ids) + r_ids)[:max_len]
+    labels = ([IGNORE_INDEX] * len(p_ids) + r_ids)[:max_len]
     return ids, labels
 
 
@@ -53,7 +52,7 @@ def sft_batch(examples: list[tuple[list[int], list[int]]], pad_id: int = 0):
     """Right-padded tokens, attention mask and labels [B, T]."""
     T = max(len(i) for i, _ in examples)
     tokens = torch.full((len(examples), T), pad_id, dtype=torch.long)
-    labels = torch.full((len(examples), T), IGNORE, dtype=torch.long)
+    labels = torch.full((len(examples), T), IGNORE_INDEX, dtype=torch.long)
     mask = torch.zeros(len(examples), T, dtype=torch.long)
     for b, (i, lab) in enumerate(examples):
         tokens[b, : len(i)], labels[b, : len(lab)], mask[b, : len(i)] = (
@@ -70,7 +69,7 @@ def sft_loss(
     """Mean next-token cross-entropy over response tokens (virtual prompt positions dropped)."""
     logits = model(tokens, attention_mask=mask)[:, -tokens.shape[1] :]
     return F.cross_entropy(
-        logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=IGNORE
+        logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=IGNORE_INDEX
     )
 
 

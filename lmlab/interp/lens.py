@@ -36,9 +36,7 @@ def _check_lm(model: Transformer) -> None:
 def unembed(model: Transformer, resid: torch.Tensor) -> torch.Tensor:
     """Final norm + unembedding (+ final softcap) of a residual stream [..., d]."""
     _check_lm(model)
-    logits = model.unembed(model.ln_final(resid))
-    cap = model.cfg.final_softcap
-    return torch.tanh(logits / cap) * cap if cap is not None else logits
+    return model.to_logits(model.ln_final(resid))
 
 
 class LogitLens:

@@ -132,9 +132,7 @@ def unembed(model: torch.nn.Module, hidden: torch.Tensor) -> torch.Tensor:
     """
     if getattr(model, "unembed", None) is None:
         raise ValueError(f"{model.cfg.name} has no LM head (an encoder?); GRPO needs a causal LM")
-    logits = model.unembed(hidden)
-    cap = model.cfg.final_softcap
-    return logits if cap is None else torch.tanh(logits / cap) * cap
+    return model.to_logits(hidden)
 
 
 def token_logprobs(
