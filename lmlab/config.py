@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lmlab.errors import LmlabError
+
 NORMS = ("layernorm", "rmsnorm", "rmsnorm_gemma")
 POSITIONS = ("learned", "rope", "none")
 ROPE_SCALINGS = (None, "linear", "llama3", "yarn")
@@ -22,7 +24,7 @@ GATED_MLPS = ("swiglu", "geglu", "swiglu_clamped")
 LAYER_TYPES = ("full", "sliding")
 
 
-class ConfigError(ValueError):
+class ConfigError(LmlabError, ValueError):
     """A config value is invalid; the message names the field, the value and the fix."""
 
 

@@ -16,15 +16,14 @@ from typing import Any
 import torch
 from torch import nn
 
+from lmlab.errors import LmlabError
+
 HookFn = Callable[[torch.Tensor, "HookPoint"], torch.Tensor | None]
 NameFilter = str | Sequence[str] | Callable[[str], bool] | None
 
 
-class HookError(KeyError):
+class HookError(LmlabError, KeyError):
     """A hook name or filter that matches nothing; the message suggests near names."""
-
-    def __str__(self) -> str:  # KeyError would quote the message
-        return str(self.args[0])
 
 
 class HookPoint(nn.Module):

@@ -9,11 +9,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from lmlab.errors import LmlabError
 from lmlab.linear_cross_entropy import IGNORE_INDEX  # noqa: F401  (label value the loss skips)
 from lmlab.runs import atomic_write
 
 
-class TokenDataError(ValueError):
+class TokenDataError(LmlabError, ValueError):
     """Token data lmlab cannot use; the message names the file, the value and the fix."""
 
 

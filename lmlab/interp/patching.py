@@ -14,6 +14,7 @@ from collections.abc import Callable
 import torch
 from tqdm import tqdm
 
+from lmlab.errors import LmlabError
 from lmlab.hooks import ActivationCache, HookPoint, act_name
 from lmlab.model import Transformer
 
@@ -24,7 +25,7 @@ POSITION_KINDS = ("resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out")
 HEAD_KINDS = ("z", "q", "k", "v", "pattern")
 
 
-class PatchingError(ValueError):
+class PatchingError(LmlabError, ValueError):
     """Clean and corrupted inputs or activations that cannot be patched into each other."""
 
 

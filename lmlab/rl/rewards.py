@@ -10,6 +10,8 @@ from typing import Any
 
 import torch
 
+from lmlab.errors import LmlabError
+
 RewardFn = Callable[..., list[float]]
 ANSWER = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
 # one <answer> block with content, at the very end; free text (reasoning) may come before it
@@ -19,7 +21,7 @@ FORMAT = re.compile(
 NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
 
 
-class RewardError(ValueError):
+class RewardError(LmlabError, ValueError):
     """A reward function raised, or returned something other than one number per completion."""
 
 

@@ -10,12 +10,14 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from lmlab.errors import LmlabError
+
 MANIFEST = (
     "lmlab_tokenizer.json"  # written by `save`, names the kind so `load_tokenizer` can read it
 )
 
 
-class TokenizerError(ValueError):
+class TokenizerError(LmlabError, ValueError):
     """A tokenizer file, name or vocabulary lmlab cannot use; the message says what and the fix."""
 
 

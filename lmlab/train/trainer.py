@@ -17,6 +17,7 @@ from torch import nn
 
 from lmlab.config import ConfigError
 from lmlab.data.tokens import IGNORE_INDEX
+from lmlab.errors import LmlabError
 from lmlab.train import checkpoint as ckpt
 from lmlab.train import distributed as dist
 from lmlab.train import optimizers
@@ -26,7 +27,7 @@ from lmlab.train.plots import plot_loss
 from lmlab.train.schedule import Schedule
 
 
-class TrainingError(RuntimeError):
+class TrainingError(LmlabError, RuntimeError):
     """Training cannot go on (e.g. the loss became NaN); the message says where and what to try."""
 
 

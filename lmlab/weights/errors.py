@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from lmlab.errors import LmlabError
 
-class WeightsError(ValueError):
+
+class WeightsError(LmlabError, ValueError):
     """A weights file or folder lmlab cannot read; the message says which file, what and what to do."""
