@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lmlab.errors import LmlabError
+from lmlab.errors import LmlabError, MissingFileError
 
 NORMS = ("layernorm", "rmsnorm", "rmsnorm_gemma")
 POSITIONS = ("learned", "rope", "none")
@@ -257,7 +257,20 @@ class Config:
     @classmethod
     def load(cls, path: str | Path) -> Config:
         """Read a file written by `save`."""
-        return cls.from_dict(json.loads(Path(path).read_text()))
+        path = Path(path)
+        if not path.is_file():
+            raise MissingFileError(f"model config {path} not found — pass a file Config.save wrote")
+        try:
+            d = json.loads(path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ConfigError(
+                f"{path} is not a JSON config ({e}) — write it with Config.save"
+            ) from None
+        if not isinstance(d, dict):
+            raise ConfigError(
+                f"{path} holds {type(d).__name__}, not a JSON object of Config fields"
+            )
+        return cls.from_dict(d)
 
 
 def check_keys(d: dict[str, Any], cls: type) -> None:

@@ -1,5 +1,6 @@
 """lmlab checkpoints: save -> load is bit-identical for every family and dtype, tokenizers ride
-along, and writes are atomic (a failed save leaves the previous checkpoint untouched)."""
+along, writes are atomic (a failed save leaves the previous checkpoint untouched) and never
+touch files they did not write."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import torch
 
 import lmlab
 from lmlab.config import preset
+from lmlab.errors import OverwriteError
 from lmlab.model import Transformer
 from lmlab.tokenizers import CharTokenizer, TokenizerError
 from lmlab.weights import checkpoint
@@ -78,19 +80,30 @@ def test_failed_save_keeps_previous_checkpoint(tmp_path, monkeypatch) -> None:
 
     monkeypatch.setattr(checkpoint, "save_file", boom)
     with pytest.raises(OSError, match="disk full"):
-        save_checkpoint(_random("llama-tiny"), tmp_path / "ckpt")
+        save_checkpoint(_random("llama-tiny"), tmp_path / "ckpt", overwrite=True)
     monkeypatch.undo()
     loaded, _ = lmlab.load(tmp_path / "ckpt")
     assert loaded.cfg.name == "gpt2-tiny"
     assert [p.name for p in tmp_path.iterdir()] == ["ckpt"]  # no temporary folders left behind
+    assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == [
+        "config.json",
+        "model.safetensors",
+    ]
 
 
 def test_refuses_to_overwrite_other_folders(tmp_path) -> None:
     (tmp_path / "notes").mkdir()
     (tmp_path / "notes" / "todo.txt").write_text("keep me")
-    with pytest.raises(WeightsError, match="refusing to overwrite"):
+    with pytest.raises(
+        OverwriteError, match=r"notes is not empty \(1 entry: todo.txt\).*--overwrite"
+    ):
         save_checkpoint(_random("gpt2-tiny"), tmp_path / "notes")
+    assert [p.name for p in (tmp_path / "notes").iterdir()] == ["todo.txt"]
+    save_checkpoint(_random("gpt2-tiny"), tmp_path / "notes", overwrite=True)  # beside, not instead
     assert (tmp_path / "notes" / "todo.txt").read_text() == "keep me"
+    assert lmlab.load(tmp_path / "notes")[0].cfg.name == "gpt2-tiny"
+    with pytest.raises(OverwriteError, match="not empty"):  # its own earlier save is not empty
+        save_checkpoint(_random("gpt2-tiny"), tmp_path / "notes")
 
 
 def test_bad_checkpoint_config(tmp_path) -> None:

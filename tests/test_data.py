@@ -3,18 +3,23 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 import torch
 
 from lmlab.config import ConfigError
-from lmlab.data.prepare import prepare
+from lmlab.data.prepare import prepare, split_text
 from lmlab.data.sources import make_data
 from lmlab.data.tasks import AdditionTask, InductionTask, MaxSortTask, TrigramTask, induction_batch
 from lmlab.data.text import prepare_text
 from lmlab.data.tokens import TokenData, TokenDataError, token_dtype, write_meta, write_tokens
+from lmlab.errors import OverwriteError
 from lmlab.tokenizers import CharTokenizer, TokenizerError
+from tests.bad_inputs import REPO
 from tests.conftest import data_file
 
 
@@ -110,8 +115,14 @@ def test_corpus_preparer_parallel_and_resumable(tmp_path):
         assert (part / f.name).read_bytes() == f.read_bytes()
     data = TokenData(part, block_size=16)
     assert data.num_tokens("val") > 0 and data.vocab_size == 257
-    with pytest.raises(TokenDataError, match="other inputs or tokenizer"):
+    with pytest.raises(
+        OverwriteError, match=r"prepared with other settings \(inputs .*--overwrite"
+    ):
         prepare(inputs[:1], part, tokenizer="bytes")
+    again = prepare(inputs[:1], part, tokenizer="bytes", val_fraction=0.2, overwrite=True)
+    assert again["processed"] == 1 and sorted(p.name for p in part.glob("*.bin")) == [
+        "train_000000.bin", "val_000000.bin"
+    ]  # fmt: skip
 
 
 def test_addition_task_format_and_held_out():
@@ -204,10 +215,73 @@ def test_tinyshakespeare_local(shared_data, tmp_path, monkeypatch):
 def test_corpus_preparer_with_gpt2_tokenizer(shared_data, tmp_path):
     data_file(shared_data, "gpt2.tiktoken")
     src = tmp_path / "a.txt"
-    src.write_text("Hello world. " * 300)
-    prepare([src], tmp_path / "out", tokenizer="gpt2", workers=1, val_fraction=0.0)
-    ids = np.fromfile(tmp_path / "out" / "train_000000.bin", dtype=np.uint16)
+    paragraphs = [f"Hello world {i}.\nSecond line.\n\n" for i in range(40)]
+    src.write_text("".join(paragraphs))
+    prepare([src], tmp_path / "out", tokenizer="gpt2", workers=1, val_fraction=0.3)
     from lmlab.tokenizers import gpt2_tiktoken
 
     tok = gpt2_tiktoken()
-    assert ids[0] == tok.eos_id == 50256 and tok.decode(ids[1:].tolist()) == src.read_text()
+    docs = []
+    for split in ("train", "val"):
+        ids = np.fromfile(tmp_path / "out" / f"{split}_000000.bin", dtype=np.uint16).tolist()
+        assert ids[0] == tok.eos_id == 50256
+        docs += tok.decode(ids[1:]).split("<|endoftext|>")
+    assert sorted(docs) == sorted(paragraphs)  # every paragraph is one document, nothing lost
+
+
+def test_txt_is_split_into_paragraphs_or_chunks():
+    text = "one\ntwo\n\n  \nthree\n\n\n" + "x" * 30 + "\n" + "y" * 30 + "\n\n"
+    docs = list(split_text(text, chunk=40))
+    assert docs == ["one\ntwo\n\n  \n", "three\n\n\n", "x" * 30 + "\n", "y" * 30 + "\n\n"]
+    assert "".join(docs) == text
+    no_blank = "".join(f"line {i}\n" for i in range(100))  # no blank line: line-aligned chunks
+    chunks = list(split_text(no_blank, chunk=64))
+    assert "".join(chunks) == no_blank and all(len(c) <= 64 and c.endswith("\n") for c in chunks)
+    assert list(split_text("z" * 100, chunk=40)) == ["z" * 40, "z" * 40, "z" * 20]
+
+
+def test_prepare_cli_error_is_one_line(tmp_path):
+    r = subprocess.run(
+        [sys.executable, "-m", "lmlab.data.prepare", str(tmp_path / "nope.txt"),
+         "--out", str(tmp_path / "out"), "--tokenizer", "bytes"],
+        capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)},
+    )  # fmt: skip
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert r.stderr.strip().splitlines() == [f"error: input {tmp_path / 'nope.txt'} does not exist; "
+                                             "check the path (nothing was written)"]  # fmt: skip
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+def test_readme_corpus_command_trains(shared_data, tmp_path):
+    """README: 3 .txt parts of TinyShakespeare -> prepare (gpt2) -> `lmlab train defaults
+    --data=D --max_steps=3` works (each part is split into paragraphs, so val gets data)."""
+    data_file(shared_data, "gpt2.tiktoken")
+    text = data_file(shared_data, "tinyshakespeare.txt").read_text()
+    (tmp_path / "corpus").mkdir()
+    third = len(text) // 3
+    for i in range(3):
+        (tmp_path / "corpus" / f"p{i:02d}.txt").write_text(text[i * third : (i + 1) * third])
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    inputs = [f"corpus/p{i:02d}.txt" for i in range(3)]
+    prep = [
+        sys.executable,
+        "-m",
+        "lmlab.data.prepare",
+        *inputs,
+        "--out",
+        "D",
+        "--tokenizer",
+        "gpt2",
+    ]
+    r = subprocess.run(prep, cwd=tmp_path, capture_output=True, text=True, env=env, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    for i in range(3):  # every part has data in both splits
+        assert (tmp_path / "D" / f"val_{i:06d}.bin").stat().st_size > 0
+    train = [sys.executable, "-m", "lmlab", "train", "defaults", "--data=D", "--max_steps=3",
+             "--batch_size=4", "--block_size=64", "--eval_iters=1", "--model.d_model=64",
+             "--model.n_layers=1", "--model.n_heads=2", "--threads=2", "--tensorboard=false",
+             "--progress=false", "--out_dir=run"]  # fmt: skip
+    r = subprocess.run(train, cwd=tmp_path, capture_output=True, text=True, env=env, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "step 3: val loss" in r.stdout and (tmp_path / "run" / "ckpt_000003.pt").is_file()

@@ -59,7 +59,8 @@ def test_inexpressible_knobs_are_an_error(tmp_path) -> None:
     with pytest.raises(WeightsError, match=r"cannot express residual_scale=0.5"):
         export_hf(_random("llama-tiny", residual_scale=0.5), tmp_path / "a")
     with pytest.raises(
-        WeightsError, match=r"supports the gpt2, llama, mistral families, not 'gemma3'"
+        WeightsError,
+        match=r"supports the gpt2, llama, mistral families, not 'gemma3'; .*--format lmlab",
     ):
         export_hf(_random("gemma3-tiny"), tmp_path / "b")
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
@@ -74,3 +75,10 @@ def test_cli_export(tmp_path, capsys) -> None:
     assert lmlab.load(tmp_path / "ck")[0].cfg.name == "llama-tiny"
     assert cli_main(["export", "lama-tiny", str(tmp_path / "x")]) == 2
     assert "Did you mean 'llama-tiny'" in capsys.readouterr().err
+    # a second export into the same folder asks first, then replaces only its own files
+    (tmp_path / "out" / "README.md").write_text("mine")
+    assert cli_main(["export", "gpt2-tiny", str(tmp_path / "out")]) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    assert cli_main(["export", "gpt2-tiny", str(tmp_path / "out"), "--overwrite"]) == 0
+    assert lmlab.load(tmp_path / "out")[0].cfg.family == "gpt2"
+    assert (tmp_path / "out" / "README.md").read_text() == "mine"

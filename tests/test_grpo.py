@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+from kernel_paths import PATHS, spy, use_path
 
 from lmlab.config import preset
 from lmlab.generate.generate import left_pad
@@ -197,28 +198,39 @@ def test_compiled_rollout_equals_eager_and_follows_weight_updates():
     both()
 
 
+@pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("mode", ["float32", "autocast", "bf16-weights"])
-def test_packed_decoding_equals_plain_decoding(mode, monkeypatch):
+def test_packed_decoding_equals_plain_decoding(mode, path, monkeypatch):
     """Rollouts decode with weights packed once for the CPU GEMM (`packed_linears`, q/k/v and
     gate/up stacked into one matmul each): the same completions and log-probs as the plain
-    `nn.Linear` path, and the modules are restored."""
+    `nn.Linear` path, and the modules are restored. Where the packed kernel is off (an AVX2-only
+    CPU for bf16, or LMLAB_KERNELS=plain) nothing is packed and the plain path gives the same."""
     from lmlab.generate import packed
 
+    use_path(path, "packed_fp32" if mode == "float32" else "packed_bf16", monkeypatch)
     model = tiny(vocab=64).to(torch.bfloat16 if mode == "bf16-weights" else torch.float32)
-    with torch.no_grad():
-        if not packed.can_pack(model, 2):
-            pytest.skip("no MKL / oneDNN packed linear kernels in this torch build")
     prompts = [[1, 2, 3, 4, 5], [1, 2, 7]]
-    runs = []
+    packs = spy(monkeypatch, "mkl", "_mkl_reorder_linear_weight")
+    packs_bf16 = spy(monkeypatch, "mkldnn", "_reorder_linear_weight")
+    runs, can_pack = [], packed.can_pack
     for use in (True, False):
         if not use:
             monkeypatch.setattr(packed, "can_pack", lambda *a: False)
         with torch.autocast("cpu", torch.bfloat16, enabled=mode == "autocast"):
             runs.append(rollout(model, prompts, 4, 12, generator=torch.Generator().manual_seed(3)))
+    assert bool(packs_bf16 if mode != "float32" else packs) == (path == "fast")
     assert runs[0].completions == runs[1].completions
     torch.testing.assert_close(runs[0].logps, runs[1].logps, atol=1e-6, rtol=0)
     assert not any("forward" in vars(m) for m in model.modules())
     assert all(b.attn.fused_qkv is None and b.mlp.fused_gate_up is None for b in model.blocks)
+    if path == "fallback":
+        monkeypatch.setattr(packed, "can_pack", can_pack)
+        with torch.no_grad(), torch.autocast("cpu", torch.bfloat16, enabled=mode == "autocast"):
+            assert not can_pack(model, 3)
+            with packed.packed_linears(model, 3):
+                assert not any("forward" in vars(m) for m in model.modules())
+        assert not packs and not packs_bf16
+        return
     monkeypatch.undo()
     x = torch.randn(3, 32, dtype=model.unembed.weight.dtype)
     attn, mlp = model.blocks[0].attn, model.blocks[0].mlp

@@ -129,6 +129,9 @@ def test_lora_save_load_roundtrip_and_wrong_base(tmp_path) -> None:
     deeper = lmlab.Transformer(lmlab.preset("llama-tiny", n_layers=1))
     with pytest.raises(ValueError, match="different base model"):
         load_lora(deeper, tmp_path / "ad")
+    with pytest.raises(FileExistsError, match="already holds an adapter"):
+        save_lora(model, tmp_path / "ad")
+    assert save_lora(model, tmp_path / "ad", overwrite=True) == tmp_path / "ad"
 
 
 def hf_twin(model: lmlab.Transformer):

@@ -159,6 +159,6 @@ def test_gpu_recipe_tiny_variant_on_cpu(name, model, tmp_path, token_folder):
         vocab_size=0,
     )
     assert metrics["steps"] == 40 and metrics["val_loss"] < 2.0  # ln(257) = 5.55 at chance
-    assert (out.path / "train" / "ckpt.pt").is_file() and list(
+    assert (out.path / "train" / "ckpt_000040.pt").is_file() and list(
         (out.path / "train" / "tb").iterdir()
     )

@@ -6,15 +6,19 @@ import json
 
 import pytest
 import torch
+from kernel_paths import spy, use_path
 
 from lmlab.config import ConfigError, preset
 from lmlab.data.tasks.addition import CHARS
+from lmlab.errors import MissingFileError, OverwriteError
 from lmlab.model import Transformer
 from lmlab.rl import GRPOConfig, GRPOTrainer, RewardError, combine_rewards, rollout
 from lmlab.rl.rewards import exact_match, format_reward, normalized_match, numeric_correctness
 from lmlab.rl.tasks import ArithmeticTask, CountdownTask, JsonlTask, RLTask, make_task
 from lmlab.rl.tasks.countdown import countdown_correctness, evaluate
+from lmlab.rl.trainer import PREFIX
 from lmlab.tokenizers.char import CharTokenizer
+from lmlab.train import checkpoint as ckpt
 
 TOK = CharTokenizer(CHARS)
 
@@ -130,10 +134,17 @@ def test_tasks(tmp_path):
         make_task("chess")
 
 
-@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
-def test_grpo_learns_a_reward(tmp_path, dtype):
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16", "bfloat16-fallback"])
+def test_grpo_learns_a_reward(tmp_path, dtype, monkeypatch):
     """A random tiny model learns to emit 7s from the reward alone (beta = 0: no reference kept);
-    with dtype bfloat16 the rollouts and training forwards run under bf16 autocast."""
+    with dtype bfloat16 the rollouts and training forwards run under bf16 autocast, the rollouts
+    on packed bf16 weights ("bfloat16", where the CPU has oneDNN's bf16 path) or on plain linears
+    ("bfloat16-fallback": LMLAB_KERNELS=plain, as on an AVX2-only CPU)."""
+    path = "fallback" if dtype.endswith("-fallback") else "fast"
+    if dtype != "float32":
+        use_path(path, "packed_bf16", monkeypatch)
+        packs = spy(monkeypatch, "mkldnn", "_reorder_linear_weight")
+    dtype = dtype.removesuffix("-fallback")
     tr = trainer(tmp_path, max_steps=40, temperature=1.0, dtype=dtype)
     assert tr.ref is None
     seen = set()
@@ -154,6 +165,8 @@ def test_grpo_learns_a_reward(tmp_path, dtype):
     ):
         assert key in hist[-1]
     assert (tmp_path / "metrics.jsonl").read_text().count("\n") == 39  # one step ran before fit
+    if dtype != "float32":
+        assert bool(packs) == (path == "fast")
 
 
 def test_kl_reference_and_mu(tmp_path):
@@ -237,8 +250,42 @@ def test_bad_input(tmp_path):
                      digit_task(), reward_funcs=[wrong_length])  # fmt: skip
     with pytest.raises(RewardError, match="'wrong_length' returned 31 values for 32 completions"):
         tr.step()
-    with pytest.raises(FileNotFoundError, match="no GRPO checkpoint"):
+    with pytest.raises(MissingFileError, match=r"no GRPO checkpoint in .*none; check out_dir"):
         trainer(tmp_path / "none").load()
+
+
+def test_rerun_into_a_grpo_folder_is_refused(tmp_path):
+    a = trainer(tmp_path, max_steps=2)
+    a.fit(progress=False)
+    a.save()
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    for again in (lambda t: t.fit(progress=False), lambda t: t.save()):
+        with pytest.raises(OverwriteError, match=r"already holds a GRPO run.*--resume"):
+            again(trainer(tmp_path, max_steps=4))
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+    (tmp_path / "only_metrics").mkdir()
+    (tmp_path / "only_metrics" / "metrics.jsonl").write_text('{"step": 1}\n')
+    with pytest.raises(OverwriteError, match=r"metrics\.jsonl"):
+        trainer(tmp_path / "only_metrics").fit(progress=False)
+
+
+def test_resume_continues_metrics_without_repeating_steps(tmp_path):
+    """A run killed after step 3 with its last checkpoint at step 2 resumes at 2: the metrics
+    log keeps steps 1, 2 and continues 3, 4 (the lost step 3 is not listed twice)."""
+    a = trainer(tmp_path, max_steps=4, save_every=2)
+    a.fit(3, progress=False)
+    assert [
+        json.loads(x)["step"] for x in (tmp_path / "metrics.jsonl").read_text().splitlines()
+    ] == [1, 2, 3]
+    b = trainer(tmp_path, max_steps=4, save_every=2)
+    b.load()
+    assert b.step_no == 2
+    b.fit(progress=False)
+    steps = [json.loads(x)["step"] for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4] and [h["step"] for h in b.history] == [1, 2, 3, 4]
+    assert [p.name for p in sorted(tmp_path.glob("grpo_ckpt_*.pt"))] == [
+        "grpo_ckpt_000002.pt", "grpo_ckpt_000004.pt"
+    ]  # fmt: skip
 
 
 def test_cli_rejects_group_size_one(capsys):
@@ -266,9 +313,10 @@ def test_cli_grpo_tiny_run_and_resume(tmp_path, capsys):
     assert main([*args, "--max_steps=1"]) == 0
     out = capsys.readouterr().out
     assert "before: numeric_correctness" in out and "after:" in out
-    assert (tmp_path / "rewards.png").stat().st_size > 1000 and (
-        tmp_path / "grpo_ckpt.pt"
-    ).is_file()
+    assert (tmp_path / "rewards.png").stat().st_size > 1000
+    assert ckpt.latest(tmp_path, PREFIX).name == "grpo_ckpt_000001.pt"
+    assert main([*args, "--max_steps=2", "--eval_size=0"]) == 2  # a rerun without --resume
+    assert "already holds a GRPO run" in capsys.readouterr().err
     assert main([*args, "--max_steps=2", "--eval_size=0", "--resume"]) == 0
     lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(x)["step"] for x in lines] == [1, 2]

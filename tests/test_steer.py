@@ -125,6 +125,10 @@ def test_save_load_roundtrip(tmp_path) -> None:
         back.vectors["blocks.0.hook_resid_pre"], sv.vectors["blocks.0.hook_resid_pre"]
     )
     assert back.layers == [0]
+    with pytest.raises(FileExistsError, match="overwrite=True"):
+        (2 * sv).save(tmp_path / "v.safetensors")
+    (2 * sv).save(tmp_path / "v.safetensors", overwrite=True)
+    assert [p.name for p in tmp_path.iterdir()] == ["v.safetensors"]
 
 
 @pytest.mark.parametrize("name", FAMILIES)

@@ -9,6 +9,7 @@ import torch
 
 from lmlab.config import ConfigError
 from lmlab.data.tasks import InductionTask, MaxSortTask
+from lmlab.errors import OverwriteError
 from lmlab.model import Transformer
 from lmlab.settings import from_toml
 from lmlab.train import TrainConfig, Trainer, TrainingError, optimizers
@@ -134,7 +135,7 @@ def test_resume_continues_bit_identically(tmp_path):
     Trainer(
         _model(half_cfg, task), half_cfg, task, [lambda tr, rec: rec["step"] == 4]
     ).fit()  # stops at 4
-    assert ckpt.load(tmp_path / "half" / "run" / ckpt.FILENAME)["step"] == 4
+    assert ckpt.load(ckpt.latest(tmp_path / "half" / "run"))["step"] == 4
     rest_cfg = _cfg(
         tmp_path / "half", max_steps=8, eval_interval=4, resume=True, model_overrides=over
     )
@@ -145,13 +146,13 @@ def test_resume_continues_bit_identically(tmp_path):
     for (k, p), q in zip(full.state_dict().items(), rest.state_dict().values(), strict=True):
         assert torch.equal(p, q), k
     # Without --resume an existing checkpoint is not overwritten.
-    with pytest.raises(ConfigError, match="pass --resume"):
+    with pytest.raises(OverwriteError, match="pass --resume"):
         Trainer(_model(full_cfg, task), full_cfg, task).fit()
 
 
 def test_resume_with_mismatched_model_config(tmp_path):
     task = InductionTask(vocab_size=20, seq_len=6)
-    cfg = _cfg(tmp_path, max_steps=2)
+    cfg = _cfg(tmp_path, max_steps=4)
     Trainer(_model(cfg, task), cfg, task).fit()
     other = _cfg(
         tmp_path, max_steps=4, resume=True, model_overrides=dict(d_model=64, n_layers=1, n_heads=2)
@@ -174,10 +175,13 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
 
     model.unembed.register_forward_hook(poison)
     with pytest.raises(
-        TrainingError, match=r"non-finite \(nan/inf\) at step 7.*last good checkpoint.*lower lr"
-    ):
+        TrainingError,
+        match=r"non-finite \(nan/inf\) at step 7.*last good checkpoint .*ckpt_000004.pt.*lower lr"
+        r".*--resume --allow-change",
+    ) as info:
         Trainer(model, cfg, task).fit()
-    state = ckpt.load(tmp_path / "run" / ckpt.FILENAME)
+    assert "\n" not in str(info.value)
+    state = ckpt.load(ckpt.latest(tmp_path / "run"))
     assert state["step"] == 4 and all(torch.isfinite(v).all() for v in state["model"].values())
 
 

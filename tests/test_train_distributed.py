@@ -84,6 +84,6 @@ def test_two_processes_match_one(single, tmp_path, parallel):
     assert len(two) == len(single) == 20
     assert max(abs(a - b) for a, b in zip(single, two, strict=True)) < 1e-4
     assert single[0] - single[-1] > 0.05  # it actually trained
-    assert (tmp_path / "two" / "ckpt.pt").is_file() and not list(
+    assert (tmp_path / "two" / "ckpt_000020.pt").is_file() and not list(
         (tmp_path / "two").glob("metrics.jsonl.*")
     )

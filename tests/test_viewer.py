@@ -1,8 +1,13 @@
-"""The HTML attention viewer: self-contained, token text escaped, reacts to hover in headless Chromium."""
+"""The HTML attention viewer: self-contained, token text escaped, NaN weights drawn grey with a
+note, hostile titles shown as text, reacts to hover in headless Chromium."""
 
 from __future__ import annotations
 
+import html as html_lib
+import json
+import re
 import shutil
+import subprocess
 
 import pytest
 import torch
@@ -28,6 +33,101 @@ def test_page_is_self_contained_and_escapes_tokens():
     assert "&lt;b&gt;t&lt;/b&gt;" in html
     with pytest.raises(ValueError, match="T=6 tokens"):
         attention_html(TOKENS[:-1], patterns())
+
+
+HOSTILE_TITLE = 'my __DATA__ </script><script>alert("t")</script> & __TITLE__'
+
+
+def _data_block(page: str) -> dict:
+    """The JSON of the page's data element, parsed the way the page's script parses it."""
+    m = re.search(r'<script id="data" type="application/json">(.*?)</script>', page, re.S)
+    assert m is not None, "no data block"
+    return json.loads(m.group(1), parse_constant=_not_json)  # NaN is not JSON (JSON.parse fails)
+
+
+def _not_json(name: str):
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def nan_patterns() -> torch.Tensor:
+    p = patterns()
+    p[1, 2, 4, :] = float("nan")  # a whole row (e.g. a fully masked query)
+    p[0, 0, 3, 1] = float("inf")
+    return p
+
+
+def test_nan_attention_and_hostile_title_render():
+    page = attention_html(TOKENS, nan_patterns(), title=HOSTILE_TITLE)
+    data = _data_block(page)
+    assert data["title"] == HOSTILE_TITLE and data["tokens"] == TOKENS
+    assert data["nonfinite"] == len(TOKENS) + 1
+    assert data["patterns"][1][2][4] == [None] * len(TOKENS)
+    assert data["patterns"][0][0][3][1] is None
+    assert data["patterns"][0][0][3][0] == round(float(patterns()[0, 0, 3, 0]), 3)
+    title = re.search(r"<title>(.*?)</title>", page, re.S).group(1)
+    assert html_lib.unescape(title) == HOSTILE_TITLE  # shown as text
+    assert page.count("</script>") == 2 and "<script>alert" not in page
+    assert 'id="note"' in page and "a === null" in page  # null weights are drawn, with a note
+    clean = _data_block(attention_html(TOKENS, patterns()))
+    assert clean["nonfinite"] == 0 and None not in clean["patterns"][1][2][4]
+
+
+# a stand-in for the few DOM calls the page makes, so Node can run its script without a browser
+_FAKE_DOM = r"""
+class El {
+  constructor(id) { this.id = id; this.children = []; this.style = {}; this.dataset = {};
+    this.textContent = ""; this.hidden = false; this.className = ""; this.value = ""; }
+  add(o) { this.children.push(o); } appendChild(c) { this.children.push(c); return c; }
+  append(...c) { this.children.push(...c); } replaceChildren() { this.children = []; }
+  addEventListener(type, fn) { (this.on = this.on || {})[type] = fn; }
+}
+const els = {};
+globalThis.document = {
+  getElementById: (id) => (els[id] = els[id] || new El(id)),
+  createElement: () => new El(null),
+};
+globalThis.Option = class { constructor(text, value) { this.text = text; this.value = value; } };
+document.getElementById("data").textContent = require("fs").readFileSync(process.argv[2], "utf8");
+"""
+_REPORT = r"""
+const spansEl = els["strip"].children;
+spansEl[4].on.mouseenter();
+const first = spansEl.map((s) => s.dataset.attn);
+els["layer"].value = "1"; els["layer"].on.change();
+els["head"].value = "2"; els["head"].on.change();
+const noteEl = document.getElementById("note");
+console.log(JSON.stringify({title: els["title"].textContent, note: noteEl.textContent,
+  noteHidden: noteEl.hidden, first, nanRow: spansEl.map((s) => s.dataset.attn),
+  heights: els["grid"].children.map((box) =>
+    box.children[1].children.map((b) => b.style.height))}));
+"""
+
+
+def _run_page_script(page: str, tmp_path) -> dict:
+    """Run the page's own script in Node against a fake DOM; returns what it rendered."""
+    node = shutil.which("node")
+    if node is None:
+        pytest.skip("no Node.js to run the page script (apt-get install -y nodejs)")
+    data = re.search(r'<script id="data" type="application/json">(.*?)</script>', page, re.S)
+    code = re.search(r"<script>(.*?)</script>", page, re.S)
+    (tmp_path / "data.json").write_text(data.group(1))
+    (tmp_path / "page.js").write_text(_FAKE_DOM + code.group(1) + _REPORT)
+    r = subprocess.run(
+        [node, tmp_path / "page.js", tmp_path / "data.json"], capture_output=True, text=True
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    return json.loads(r.stdout)
+
+
+def test_page_script_runs_with_nan_weights(tmp_path):
+    out = _run_page_script(attention_html(TOKENS, nan_patterns(), HOSTILE_TITLE), tmp_path)
+    assert out["title"] == HOSTILE_TITLE
+    assert not out["noteHidden"] and "NaN" in out["note"]
+    assert len(out["first"]) == len(TOKENS) and out["first"][5:] == ["0.000", "0.000"]
+    assert out["nanRow"] == ["nan"] * len(TOKENS)  # layer 1, head 2, query 4: all NaN, drawn grey
+    assert len(out["heights"]) == 3 and out["heights"][2] == ["40px"] * len(TOKENS)
+    clean = _run_page_script(attention_html(TOKENS, patterns()), tmp_path)
+    assert clean["note"] == "" and "nan" not in clean["first"] + clean["nanRow"]
 
 
 def _browser():
@@ -75,6 +175,16 @@ def test_viewer_in_headless_chromium(tmp_path):
         assert page.locator(".head").count() == 3
         page.select_option("#head", "2")
         assert attn() != after
+        nan_file = write_viewer(tmp_path / "nan.html", TOKENS, nan_patterns(), HOSTILE_TITLE)
+        page.goto(nan_file.as_uri())
+        assert page.locator("#strip span").count() == len(TOKENS)  # not a blank page
+        assert page.locator("#title").text_content() == HOSTILE_TITLE
+        assert "NaN" in (page.locator("#note").text_content() or "")
+        assert page.locator("#note").is_visible()
+        page.select_option("#layer", "1")
+        page.select_option("#head", "2")
+        spans.nth(4).hover()
+        assert attn() == ["nan"] * len(TOKENS)
         browser.close()
     assert errors == []
 

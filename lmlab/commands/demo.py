@@ -8,6 +8,7 @@ import time
 import torch
 
 from lmlab.config import preset
+from lmlab.errors import InputError
 from lmlab.model import Transformer
 
 HELP = "build a model preset, run a forward pass with a cache, print hook names and parameters"
@@ -23,6 +24,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     torch.manual_seed(0)
     cfg = preset(args.preset)
+    if not 1 <= args.seq <= cfg.max_seq_len:
+        raise InputError(
+            f"--seq {args.seq} must be in 1..{cfg.max_seq_len} (the context of {args.preset})"
+        )
     model = Transformer(cfg).eval()
     tokens = torch.randint(0, cfg.vocab_size, (1, args.seq))
     t0 = time.perf_counter()

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
-import sys
+from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
+
+from lmlab.errors import DataError, LmlabError, MissingFileError
 
 HELP = "evaluate a model: perplexity of a text (ppl) or multiple-choice accuracy (choice)"
 
@@ -43,41 +46,61 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     import lmlab
-    from lmlab.eval import perplexity, read_hellaswag, score_choices
+    from lmlab.devices import check_device
     from lmlab.tokenizers import TokenizerError, check_vocab, load_tokenizer
 
-    try:
-        model, tok = lmlab.load(args.model, dtype=args.dtype, device=args.device)
-        if args.tokenizer:
-            tok = load_tokenizer(args.tokenizer)
-        if tok is None:
-            raise TokenizerError(
-                f"model {args.model!r} comes without a tokenizer; pass --tokenizer"
-            )
-        check_vocab(tok, model)
+    if args.device is not None:
+        check_device(args.device)
+    if args.task == "ppl":
+        text = read_text(args.text, args.max_chars)
+    model, tok = lmlab.load(args.model, dtype=args.dtype, device=args.device)
+    if args.tokenizer:
+        tok = load_tokenizer(args.tokenizer)
+    if tok is None:
+        raise TokenizerError(f"model {args.model!r} comes without a tokenizer — pass --tokenizer")
+    check_vocab(tok, model)
+    with library_errors():
         if args.task == "ppl":
-            if not args.text.is_file():
-                raise FileNotFoundError(
-                    f"{args.text} not found; pass --text with a UTF-8 text file"
-                )
-            text = args.text.read_text(encoding="utf-8")[: args.max_chars]
+            from lmlab.eval import perplexity
+
             r = perplexity(model, tok, text, context=args.context, stride=args.stride,
                            batch_size=args.batch_size, device=args.device)  # fmt: skip
-            result = asdict(r)
-            print(f"perplexity {r.ppl:.4f}  (nll {r.nll:.4f} nats/token over {r.n_tokens} tokens, "
-                  f"context {r.context}, stride {r.stride})")  # fmt: skip
+            print(f"perplexity {r.ppl:.4f}  (nll {r.nll:.4f} nats/token over {r.n_tokens} "
+                  f"tokens, context {r.context}, stride {r.stride})")  # fmt: skip
         else:
+            from lmlab.eval import read_hellaswag, score_choices
+
             items = read_hellaswag(args.data, limit=args.limit)
             r = score_choices(model, tok, items, batch_size=args.batch_size, device=args.device)
-            result = asdict(r)
             print(f"acc {r.acc:.4f}  acc_norm {r.acc_norm:.4f}  over {r.n} items")
-    except (ValueError, OSError) as e:  # TokenizerError and WeightsError are ValueErrors
-        print(f"lmlab eval: error: {e}", file=sys.stderr)
-        return 2
     if args.json:
         from lmlab.runs import atomic_write
 
-        atomic_write(
-            args.json, json.dumps({"model": args.model, "task": args.task, **result}, indent=1)
-        )
+        result = {"model": args.model, "task": args.task, **asdict(r)}
+        atomic_write(args.json, json.dumps(result, indent=1))
     return 0
+
+
+def read_text(path: Path, max_chars: int | None) -> str:
+    """The UTF-8 text to score; a missing or undecodable file is a one-line error."""
+    if not path.is_file():
+        raise MissingFileError(f"{path} not found — pass --text with a UTF-8 text file")
+    try:
+        return path.read_text(encoding="utf-8")[:max_chars]
+    except UnicodeDecodeError as e:
+        raise DataError(
+            f"{path} is not UTF-8 text ({e.reason} at byte {e.start}) — convert it to UTF-8"
+        ) from None
+
+
+@contextlib.contextmanager
+def library_errors() -> Iterator[None]:
+    """The eval library reports bad data and settings as plain ValueErrors: make them user errors."""
+    try:
+        yield
+    except LmlabError:
+        raise
+    except FileNotFoundError as e:
+        raise MissingFileError(str(e)) from e
+    except ValueError as e:
+        raise DataError(str(e)) from e

@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import argparse
-import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from lmlab.model import Transformer
+    from lmlab.tokenizers.base import Tokenizer
 
 HELP = "export a model (preset, folder, .gguf, checkpoint, hub id) to the HF layout or an lmlab checkpoint"
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "src", help="what lmlab.load accepts: preset, HF folder, .gguf file, checkpoint, hub id"
-    )
-    p.add_argument("out", help="output folder (replaced atomically)")
+def add_format_arguments(p: argparse.ArgumentParser) -> None:
+    """`--format`, `--overwrite` and `--dtype`, shared with `lmlab convert`."""
     p.add_argument(
         "--format",
         choices=("hf", "lmlab"),
@@ -21,26 +23,48 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "lmlab: an lmlab checkpoint (any architecture)",
     )
     p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="write into a non-empty folder, replacing only the files this writes "
+        "(config.json, model*.safetensors, tokenizer files); every other file is kept",
+    )
+    p.add_argument(
         "--dtype", default=None, help="cast the weights, e.g. float32, bfloat16, float16"
     )
 
 
-def main(args: argparse.Namespace) -> int:
-    from lmlab.tokenizers import TokenizerError
-    from lmlab.weights.checkpoint import save_checkpoint
-    from lmlab.weights.errors import WeightsError
-    from lmlab.weights.export import export_hf
-    from lmlab.weights.load import load
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "src", help="what lmlab.load accepts: preset, HF folder, .gguf file, checkpoint, hub id"
+    )
+    p.add_argument("out", help="output folder: new or empty (see --overwrite)")
+    add_format_arguments(p)
 
-    try:
-        model, tok = load(args.src, dtype=args.dtype)
-        if args.format == "hf":
-            out = export_hf(model, args.out, tok)
-        else:
-            out = save_checkpoint(model, args.out, tok)
-    except (WeightsError, TokenizerError) as e:
-        print(f"lmlab export: error: {e}", file=sys.stderr)
-        return 2
+
+def write_model(
+    model: Transformer,
+    tokenizer: Tokenizer | None,
+    out: str | Path,
+    fmt: str,
+    overwrite: bool,
+    **metadata: Any,
+) -> Path:
+    """Write `model` to `out` as `fmt` ("hf" or "lmlab"); returns the folder."""
+    from lmlab.weights.checkpoint import save_checkpoint
+    from lmlab.weights.export import export_hf
+
+    if fmt == "hf":
+        return export_hf(model, out, tokenizer, overwrite=overwrite)
+    return save_checkpoint(model, out, tokenizer, overwrite=overwrite, metadata=metadata)
+
+
+def main(args: argparse.Namespace) -> int:
+    from lmlab.weights.load import load
+    from lmlab.weights.writer import check_target
+
+    check_target(args.out, overwrite=args.overwrite)  # before loading: refuse early and cheaply
+    model, tok = load(args.src, dtype=args.dtype)
+    out = write_model(model, tok, args.out, args.format, args.overwrite)
     print(
         f"wrote {out} ({args.format}, {model.cfg.name}, {model.num_params() / 1e6:.1f}M parameters)"
     )

@@ -6,6 +6,7 @@ import argparse
 import json
 
 from lmlab.config import ConfigError
+from lmlab.errors import LmlabError
 
 HELP = "finetune a model: classify (a head on the last token of a CSV/TSV/JSONL labeled file)"
 
@@ -131,6 +132,8 @@ def main(args: argparse.Namespace) -> int:
         metrics, res = classify_and_report(
             model, tok, parts, cfg, out, f"Classification with {args.model}", pool=args.pool
         )
+    except LmlabError:
+        raise
     except ValueError as e:  # library checks name the bad value and the fix
         raise ConfigError(str(e)) from e
     out.write_metrics(metrics)

@@ -13,6 +13,9 @@ def add_sampling_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--model", required=True, help="preset, packaged name, HF folder, .gguf or checkpoint"
     )
+    p.add_argument(
+        "--tokenizer", default=None, help="tokenizer source when the model has none (e.g. gpt2)"
+    )
     p.add_argument("--max-new-tokens", type=int, default=128)
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
     p.add_argument("--top-k", type=int, default=None)
@@ -34,12 +37,30 @@ def sampling_kwargs(args: argparse.Namespace) -> dict:
     )  # fmt: skip
 
 
+def check_sampling_args(args: argparse.Namespace, num_beams: int = 1) -> None:
+    """Refuse bad sampling flags before any model is loaded."""
+    from lmlab.generate.generate import STREAM_SETTINGS, check_settings
+    from lmlab.generate.sampling import SamplingConfig
+
+    kw = sampling_kwargs(args)
+    sampling = SamplingConfig(**{k: v for k, v in kw.items() if k in STREAM_SETTINGS})
+    check_settings(args.max_new_tokens, sampling, num_beams)
+
+
 def load_for_generation(args: argparse.Namespace):
+    """The model (eval mode) and its tokenizer, or the one `--tokenizer` names."""
     import lmlab
+    from lmlab.tokenizers import TokenizerError, check_vocab, load_tokenizer
 
     model, tok = lmlab.load(args.model, dtype=args.dtype)
+    if args.tokenizer:
+        tok = load_tokenizer(args.tokenizer)
     if tok is None:
-        raise FileNotFoundError(f"{args.model} comes without a tokenizer; generation needs one")
+        raise TokenizerError(
+            f"model {args.model!r} comes without a tokenizer — pass --tokenizer (a folder with "
+            "tokenizer.json, a .gguf file, or gpt2)"
+        )
+    check_vocab(tok, model)
     return model.eval(), tok
 
 
@@ -53,24 +74,27 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    from lmlab.errors import InputError
     from lmlab.generate import generate, stream_generate
+    from lmlab.generate.generate import check_context, check_ids
 
+    if not args.prompt:
+        raise InputError("--prompt is empty — give the text to complete")
+    check_sampling_args(args, args.num_beams)
     model, tok = load_for_generation(args)
     prompt = args.prompt
     if args.chat:
         prompt = tok.apply_chat_template([{"role": "user", "content": prompt}])
     ids = tok.encode(prompt, add_special=not args.chat)
     if args.num_beams > 1:
-        kw = sampling_kwargs(args)
         out = generate(
-            model,
-            [ids],
-            tokenizer=tok,
-            num_beams=args.num_beams,
-            max_new_tokens=kw["max_new_tokens"],
-        )
+            model, [ids], tokenizer=tok, num_beams=args.num_beams,
+            max_new_tokens=args.max_new_tokens, compile=args.compile,
+        )  # fmt: skip
         print(args.prompt + out.texts[0])
         return 0
+    check_ids(model, [ids])  # before the prompt is echoed: a refused prompt prints nothing
+    check_context(model, len(ids), args.max_new_tokens)
     sys.stdout.write(args.prompt)
     for piece in stream_generate(model, ids, tok, **sampling_kwargs(args)):
         sys.stdout.write(piece)

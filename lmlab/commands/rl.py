@@ -17,7 +17,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--show-config", action="store_true", help="print the resolved settings and exit"
     )
-    p.add_argument("--resume", action="store_true", help="continue from out_dir/grpo_ckpt.pt")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue from the newest good checkpoint in out_dir (grpo_ckpt_*.pt); without it an "
+        "out_dir holding a GRPO run is refused",
+    )
     p.add_argument("overrides", nargs="*", help="--key=value GRPOConfig fields")
 
 
@@ -25,6 +30,7 @@ def main(args: argparse.Namespace) -> int:
     from lmlab.rl import GRPOConfig, GRPOTrainer
     from lmlab.rl.plots import plot_rewards
     from lmlab.rl.tasks import make_task
+    from lmlab.rl.trainer import check_out_dir
     from lmlab.settings import from_toml
 
     cfg = from_toml(GRPOConfig, None if args.config == "defaults" else args.config, args.overrides)
@@ -33,11 +39,13 @@ def main(args: argparse.Namespace) -> int:
         print(json.dumps(asdict(cfg), indent=2))
         return 0
     import lmlab
+    from lmlab.errors import InputError
 
+    check_out_dir(cfg.out_dir, args.resume)  # before the slow model load
     task = make_task(cfg.task, **cfg.task_options)
     model, tok = lmlab.load(cfg.model)
     if tok is None:
-        raise ValueError(
+        raise InputError(
             f"{cfg.model!r} has no tokenizer, so its completions cannot be scored as text; use a "
             "model with a tokenizer (a GGUF, HF folder or packaged name like smollm2-135m-instruct)"
         )
@@ -47,14 +55,12 @@ def main(args: argparse.Namespace) -> int:
         trainer.load()
     before = trainer.evaluate() if trainer.step_no == 0 and cfg.eval_size else None
     trainer.fit()
-    trainer.save()
+    path = trainer.save()
     after = trainer.evaluate() if cfg.eval_size else None
     plot = plot_rewards(trainer.history, trainer.out / "rewards.png")
     for name, ev in (("before", before), ("after", after)):
         if ev is not None:
             scores = ", ".join(f"{k} {v:.3f}" for k, v in ev.items() if k != "samples")
             print(f"{name}: {scores}")
-    print(
-        f"checkpoint: {trainer.out / 'grpo_ckpt.pt'}; metrics: {trainer.out / 'metrics.jsonl'}; plot: {plot}"
-    )
+    print(f"checkpoint: {path}; metrics: {trainer.out / 'metrics.jsonl'}; plot: {plot}")
     return 0

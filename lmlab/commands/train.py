@@ -11,7 +11,10 @@ import torch
 from lmlab.config import Config, check_keys
 from lmlab.settings import coerce, from_toml
 
-HELP = "train a model from scratch: lmlab train CONFIG.toml [--key=value ...] [--model.FIELD=value] [--resume]"
+HELP = (
+    "train a model from scratch: lmlab train CONFIG.toml [--key=value ...] [--model.FIELD=value] "
+    "[--resume [--allow-change SETTING]]"
+)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -20,10 +23,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--show-config", action="store_true", help="print the resolved settings and exit"
     )
     p.add_argument(
+        "--allow-change",
+        action="append",
+        default=[],
+        metavar="SETTING",
+        help="with --resume: let this setting differ from the checkpoint's (repeatable or "
+        "comma-separated, e.g. --allow-change lr,batch_size); other changes are refused",
+    )
+    p.add_argument(
         "overrides",
         nargs="*",
         help="--key=value TrainConfig fields; --model.FIELD=value model fields; --data.KEY=value task "
-        "options; --resume continues from out_dir/ckpt.pt",
+        "options; --resume continues from the newest good checkpoint in out_dir (ckpt_*.pt)",
     )
 
 
@@ -56,6 +67,7 @@ def main(args: argparse.Namespace) -> int:
     cfg = from_toml(_TrainConfig(), None if args.config == "defaults" else args.config, plain)
     cfg.model_overrides = {**cfg.model_overrides, **model_over}
     cfg.data_options = {**cfg.data_options, **data_over}
+    cfg.allow_change += [n.replace("-", "_") for a in args.allow_change for n in a.split(",") if n]
     cfg.validate()
     if args.show_config:
         print(json.dumps(cfg.to_dict(), indent=2))

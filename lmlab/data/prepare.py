@@ -1,19 +1,30 @@
 """Resumable, parallel corpus preparer: text files -> token shards (FineWeb style).
 
-Each input file (`.txt`: one document; `.jsonl`: one document per line's "text") becomes
-`train_NNNNNN.bin` and `val_NNNNNN.bin` in `out`; documents are split into val by a hash of
-their content. Finished inputs go into `done.txt` (written by the parent only, after the shard
-files are renamed into place), so an interrupted run continues where it stopped.
+Documents: a `.jsonl` file has one per line (its "text" field); any other file (`.txt`) is split
+at blank lines into paragraphs, and a paragraph longer than 4096 characters (or a file with no
+blank lines) is cut at line ends into chunks of at most 4096 characters. Each document starts
+with the tokenizer's end-of-text id and goes to val when a hash of its text falls below
+`--val-fraction`, so train and val both get data from every large enough file.
 
-    python -m lmlab.data.prepare corpus/*.jsonl --out data/fineweb10 --tokenizer gpt2 --workers 8
+Each input becomes `train_NNNNNN.bin` and `val_NNNNNN.bin` in `out`. Every input is read and
+checked first: a missing file, text that is not in `--encoding` (UTF-8) or holds NUL bytes, a JSONL
+line without "text", or a split that would get no document is an error naming the file and line,
+raised before `out` is created or written. Finished inputs go into `done.txt` (written by the
+parent only, after the shard files are renamed into place), so an interrupted run continues where
+it stopped. An `out` holding anything else is refused unless `--overwrite`.
+
+    python -m lmlab.data.prepare corpus/*.txt --out data/corpus --tokenizer gpt2 --workers 8
 """
 
 from __future__ import annotations
 
 import argparse
+import codecs
 import hashlib
 import json
 import os
+import re
+import sys
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import ExitStack
@@ -24,9 +35,13 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from lmlab.data.tokens import TokenDataError, read_meta, token_dtype, write_meta, write_tokens
+from lmlab.data.tokens import read_meta, token_dtype, write_meta, write_tokens
+from lmlab.errors import DataError, InputError, LmlabError, MissingFileError, OverwriteError
 
 DONE = "done.txt"
+CHUNK_CHARS = 4096  # longest .txt document; longer paragraphs are cut at line ends
+_PARAGRAPH_END = re.compile(r"\n(?:[ \t]*\n)+")  # a blank line (or several) ends a paragraph
+_FIX_ENCODING = "convert it to UTF-8 or pass --encoding latin-1 (or its real encoding)"
 
 
 class ByteTokenizer:
@@ -49,15 +64,78 @@ def resolve_tokenizer(spec: str) -> Any:
     return load_tokenizer(spec)
 
 
-def documents(path: Path) -> Iterator[str]:
-    """The documents of one input file."""
-    if path.suffix == ".jsonl":
-        with open(path, encoding="utf-8") as f:
-            for line in f:
-                if line.strip():
-                    yield json.loads(line)["text"]
-    else:
-        yield path.read_text(encoding="utf-8")
+# ---------------------------------------------------------------------- reading documents
+def split_text(text: str, chunk: int = CHUNK_CHARS) -> Iterator[str]:
+    """Blank-line paragraphs of `text` (each keeps its trailing blank lines), long ones cut into
+    chunks of at most `chunk` characters at line ends; whitespace-only pieces are dropped."""
+    start = 0
+    for m in _PARAGRAPH_END.finditer(text):
+        yield from _chunks(text[start : m.end()], chunk)
+        start = m.end()
+    yield from _chunks(text[start:], chunk)
+
+
+def _chunks(par: str, chunk: int) -> Iterator[str]:
+    while len(par) > chunk:
+        cut = par.rfind("\n", 0, chunk) + 1 or chunk  # a line end within reach, else a hard cut
+        if par[:cut].strip():
+            yield par[:cut]
+        par = par[cut:]
+    if par.strip():
+        yield par
+
+
+def _decode(data: bytes, encoding: str, where: str, line_base: int = 1) -> str:
+    """`data` as text; `DataError` naming the offending byte, offset and line otherwise."""
+    try:
+        text = data.decode(encoding)
+    except UnicodeDecodeError as e:
+        line = line_base + data.count(b"\n", 0, e.start)
+        raise DataError(
+            f"{where} is not {encoding} text (byte 0x{data[e.start]:02x} at offset {e.start}, "
+            f"line {line}); {_FIX_ENCODING}"
+        ) from None
+    nul = text.find("\x00")
+    if nul >= 0:
+        raise DataError(
+            f"{where} looks binary, not text (NUL character on line "
+            f"{line_base + text.count(chr(10), 0, nul)}); pass text files (.txt or .jsonl)"
+        )
+    return text
+
+
+def documents(path: Path, encoding: str = "utf-8") -> Iterator[str]:
+    """The documents of one input file (see the module docstring); errors name file and line."""
+    if path.suffix != ".jsonl":
+        yield from split_text(_decode(path.read_bytes(), encoding, str(path)))
+        return
+    with open(path, "rb") as f:
+        for n, raw in enumerate(f, 1):
+            line = _decode(raw, encoding, f"{path}:{n}", n)
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataError(
+                    f"{path}:{n} is not valid JSON ({e.msg} at column {e.colno}); each line must "
+                    'be an object like {"text": "..."}'
+                ) from None
+            if not isinstance(rec, dict) or "text" not in rec:
+                keys = (
+                    f"keys {', '.join(map(str, rec))}" if isinstance(rec, dict) else "not an object"
+                )
+                raise DataError(
+                    f'{path}:{n} has no "text" field ({keys}); each line must be an object like '
+                    '{"text": "..."}'
+                )
+            if not isinstance(rec["text"], str):
+                raise DataError(
+                    f'{path}:{n}: "text" is {type(rec["text"]).__name__}, not a string; '
+                    'each line must be an object like {"text": "..."}'
+                )
+            if rec["text"].strip():
+                yield rec["text"]
 
 
 def is_val(doc: str, val_fraction: float) -> bool:
@@ -66,13 +144,24 @@ def is_val(doc: str, val_fraction: float) -> bool:
     return h / 2**64 < val_fraction
 
 
-def _encode_file(job: tuple[int, str, str, str, float, str]) -> tuple[int, str, int]:
+# ---------------------------------------------------------------------- workers
+def _count_file(job: tuple[int, str, str, str, float, str, str]) -> tuple[int, int]:
+    """Worker: read and check one input; returns its (train, val) document counts."""
+    _, path, _, _, val_fraction, _, encoding = job
+    n_val = n = 0
+    for doc in documents(Path(path), encoding):
+        n += 1
+        n_val += is_val(doc, val_fraction)
+    return n - n_val, n_val
+
+
+def _encode_file(job: tuple[int, str, str, str, float, str, str]) -> tuple[int, str, int]:
     """Worker: tokenize one input file into its train/val shard pair; returns (index, path, tokens)."""
-    index, path, out, spec, val_fraction, dtype = job
+    index, path, out, spec, val_fraction, dtype, encoding = job
     tok = resolve_tokenizer(spec)
     eos = getattr(tok, "eos_id", None)
     parts: dict[str, list[list[int]]] = {"train": [], "val": []}
-    for doc in documents(Path(path)):
+    for doc in documents(Path(path), encoding):
         ids = tok.encode(doc)
         parts["val" if is_val(doc, val_fraction) else "train"].append(
             ([eos] if eos is not None else []) + ids
@@ -85,57 +174,143 @@ def _encode_file(job: tuple[int, str, str, str, float, str]) -> tuple[int, str, 
     return index, path, n
 
 
+# ---------------------------------------------------------------------- checks
+def _check_inputs(
+    inputs: list[str], out: Path, val_fraction: float, workers: int, encoding: str
+) -> None:
+    if not 0.0 <= val_fraction <= 1.0:
+        raise InputError(f"--val-fraction {val_fraction} must be between 0 and 1 (e.g. 0.01)")
+    try:
+        codecs.lookup(encoding)
+    except LookupError:
+        raise InputError(f"unknown --encoding {encoding!r}; use e.g. utf-8 or latin-1") from None
+    if workers < 1:
+        raise InputError(f"--workers {workers} must be >= 1")
+    if not inputs:
+        raise InputError("no input files; pass .txt or .jsonl files")
+    for p in inputs:
+        if not Path(p).exists():
+            raise MissingFileError(
+                f"input {p} does not exist; check the path (nothing was written)"
+            )
+        if not Path(p).is_file():
+            raise InputError(f"input {p} is not a file; pass .txt or .jsonl files, not folders")
+    if out.exists() and not out.is_dir():
+        raise OverwriteError(f"--out {out} is a file; choose a folder path")
+
+
+def _ours(out: Path) -> list[Path]:
+    """The files a prepare run writes in `out`."""
+    names = {"meta.json", DONE, "train.bin", "val.bin"}
+    return [
+        p for p in out.iterdir() if p.name in names or re.fullmatch(r"(train|val)_\d+\.bin", p.name)
+    ]
+
+
+def _check_out(out: Path, settings: dict[str, Any], overwrite: bool) -> bool:
+    """Whether `out` continues an earlier run with the same settings; refuses other contents."""
+    if not out.is_dir() or not any(out.iterdir()):
+        return False
+    if (out / "meta.json").is_file():
+        try:
+            meta = {"encoding": "utf-8", **read_meta(out)}
+        except DataError as e:
+            meta, what = None, f"holds a damaged meta.json ({e})"
+        if meta is not None:
+            diff = [
+                f"{k} {meta.get(k)!r} -> {v!r}" for k, v in settings.items() if meta.get(k) != v
+            ]
+            if not diff:
+                return True
+            what = f"was prepared with other settings ({', '.join(diff)})"
+    else:
+        what = "holds other files"
+    if not overwrite:
+        raise OverwriteError(
+            f"--out {out} {what}; use a new --out folder, or pass --overwrite to replace the "
+            "prepared data there (other files are kept)"
+        )
+    for p in _ours(out):
+        p.unlink()
+    return False
+
+
+def _check_splits(counts: list[tuple[int, int]], inputs: list[str], val_fraction: float) -> None:
+    """`DataError` if the train or val split would get no document."""
+    n_train, n_val = sum(c[0] for c in counts), sum(c[1] for c in counts)
+    names = ", ".join(inputs) if len(inputs) <= 3 else f"the {len(inputs)} inputs"
+    if n_train + n_val == 0:
+        raise DataError(f"no text in {names}: every input is empty; add data")
+    if n_val == 0:
+        raise DataError(
+            f"the val split would be empty: none of the {n_train} documents of {names} falls in "
+            f"--val-fraction {val_fraction}; raise --val-fraction or add data (.txt files are "
+            "split into documents at blank lines)"
+        )
+    if n_train == 0:
+        raise DataError(
+            f"the train split would be empty: all {n_val} documents of {names} went to val at "
+            f"--val-fraction {val_fraction}; lower --val-fraction or add data"
+        )
+
+
+def _done_counts(out: Path, inputs: list[str], done: set[str]) -> list[tuple[int, int]]:
+    """(train, val) "has data" flags of inputs finished by an earlier run, from their shards."""
+
+    def has(split: str, i: int) -> int:
+        p = out / f"{split}_{i:06d}.bin"
+        return int(p.is_file() and p.stat().st_size > 0)
+
+    return [(has("train", i), has("val", i)) for i, p in enumerate(inputs) if p in done]
+
+
+# ---------------------------------------------------------------------- prepare
 def prepare(
     inputs: list[str | Path],
     out: str | Path,
     tokenizer: str = "gpt2",
     workers: int = 1,
     val_fraction: float = 0.01,
+    encoding: str = "utf-8",
+    overwrite: bool = False,
 ) -> dict[str, int]:
-    """Tokenize `inputs` into shards in `out`, skipping inputs listed in `out/done.txt`."""
+    """Tokenize `inputs` into shards in `out`, skipping inputs listed in `out/done.txt`.
+
+    Inputs are read and checked before `out` is created; errors are `LmlabError`s naming the file
+    and line. An `out` prepared with other settings, or holding other files, is an `OverwriteError`
+    unless `overwrite` (which deletes only the prepared data there)."""
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     inputs = [str(Path(p)) for p in inputs]
-    for p in inputs:
-        if not Path(p).is_file():
-            raise FileNotFoundError(f"input {p!r} does not exist")
+    _check_inputs(inputs, out, val_fraction, workers, encoding)
     tok = resolve_tokenizer(tokenizer)
     dtype = token_dtype(tok.vocab_size)
-    if (out / "meta.json").is_file():
-        meta = read_meta(out)
-        if meta.get("tokenizer") != tokenizer or meta.get("inputs") != inputs:
-            raise TokenDataError(
-                f"{out} was prepared from other inputs or tokenizer ({meta.get('tokenizer')!r}); "
-                "use a new --out folder or delete this one"
-            )
-    else:
-        write_meta(
-            out,
-            tok.vocab_size,
-            dtype,
-            tokenizer=tokenizer,
-            inputs=inputs,
-            val_fraction=val_fraction,
-        )
+    settings = {"tokenizer": tokenizer, "inputs": inputs, "val_fraction": val_fraction,
+                "encoding": encoding}  # fmt: skip
+    resuming = _check_out(out, settings, overwrite)
     done_file = out / DONE
-    done = set(done_file.read_text().splitlines()) if done_file.is_file() else set()
+    done = set(done_file.read_text().splitlines()) if resuming and done_file.is_file() else set()
     jobs = [
-        (i, p, str(out), tokenizer, val_fraction, dtype.name)
+        (i, p, str(out), tokenizer, val_fraction, dtype.name, encoding)
         for i, p in enumerate(inputs)
         if p not in done
     ]
     total = 0
     with ExitStack() as stack:
+        pool = (
+            stack.enter_context(ProcessPoolExecutor(min(workers, len(jobs))))
+            if workers > 1 and len(jobs) > 1
+            else None
+        )
+        run = pool.map if pool else map
+        counts = list(run(_count_file, jobs))
+        _check_splits(counts + _done_counts(out, inputs, done), inputs, val_fraction)
+        if not resuming:
+            write_meta(out, tok.vocab_size, dtype, **settings)
         log = stack.enter_context(open(done_file, "a"))
         bar = stack.enter_context(
             tqdm(total=len(inputs), initial=len(inputs) - len(jobs), desc="prepare", unit="file")
         )
-        pool = (
-            stack.enter_context(ProcessPoolExecutor(workers))
-            if workers > 1 and len(jobs) > 1
-            else None
-        )
-        for _, path, n in pool.map(_encode_file, jobs) if pool else map(_encode_file, jobs):
+        for _, path, n in run(_encode_file, jobs):
             log.write(path + "\n")
             log.flush()
             os.fsync(log.fileno())
@@ -145,14 +320,31 @@ def prepare(
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("inputs", nargs="+", help=".txt or .jsonl files")
+    ap = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        epilog=__doc__.split("\n\n")[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    ap.add_argument("inputs", nargs="+", help=".txt files (split at blank lines) or .jsonl files")
     ap.add_argument("--out", required=True, help="output folder for shards, meta.json and done.txt")
     ap.add_argument("--tokenizer", default="gpt2", help='"bytes", "gpt2" or a tokenizer folder')
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--val-fraction", type=float, default=0.01)
+    ap.add_argument("--encoding", default="utf-8", help="text encoding of the inputs (utf-8)")
+    ap.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace data prepared in --out with other settings",
+    )
     a = ap.parse_args(argv)
-    print(prepare(a.inputs, a.out, a.tokenizer, a.workers, a.val_fraction))
+    try:
+        stats = prepare(
+            a.inputs, a.out, a.tokenizer, a.workers, a.val_fraction, a.encoding, a.overwrite
+        )
+    except LmlabError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(stats)
     return 0
 
 

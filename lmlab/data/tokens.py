@@ -9,12 +9,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from lmlab.errors import LmlabError
+from lmlab.errors import DataError
 from lmlab.linear_cross_entropy import IGNORE_INDEX  # noqa: F401  (label value the loss skips)
 from lmlab.runs import atomic_write
 
 
-class TokenDataError(LmlabError, ValueError):
+class TokenDataError(DataError):
     """Token data lmlab cannot use; the message names the file, the value and the fix."""
 
 
@@ -64,7 +64,27 @@ def read_meta(folder: str | Path) -> dict[str, Any]:
             f"{p} not found; prepare the folder with lmlab.data.text.prepare_text or "
             "`python -m lmlab.data.prepare`"
         )
-    return json.loads(p.read_text())
+    try:
+        meta = json.loads(p.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise TokenDataError(f"{p} is not valid JSON ({e}); prepare the folder again") from None
+    if not isinstance(meta, dict):
+        raise TokenDataError(f"{p} is not a JSON object; prepare the folder again")
+    return meta
+
+
+def _meta_fields(meta: dict[str, Any], where: Path) -> tuple[int, np.dtype]:
+    """`vocab_size` and `dtype` of a meta.json, or `TokenDataError` naming what is wrong."""
+    try:
+        vocab, dtype = int(meta["vocab_size"]), np.dtype(meta["dtype"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise TokenDataError(
+            f"{where}: needs an integer vocab_size and a dtype (uint16 or uint32); got "
+            f"vocab_size={meta.get('vocab_size')!r}, dtype={meta.get('dtype')!r} ({e})"
+        ) from None
+    if dtype not in (np.uint16, np.uint32):
+        raise TokenDataError(f"{where}: dtype={dtype.name!r} must be uint16 or uint32")
+    return vocab, dtype
 
 
 class TokenData:
@@ -76,8 +96,7 @@ class TokenData:
     def __init__(self, folder: str | Path, block_size: int) -> None:
         self.folder = Path(folder)
         self.meta = read_meta(self.folder)
-        self.vocab_size = int(self.meta["vocab_size"])
-        self.dtype = np.dtype(self.meta["dtype"])
+        self.vocab_size, self.dtype = _meta_fields(self.meta, self.folder / "meta.json")
         if self.vocab_size - 1 > np.iinfo(self.dtype).max:
             raise TokenDataError(
                 f"{self.folder}/meta.json: vocab_size={self.vocab_size} is larger than "
@@ -96,11 +115,25 @@ class TokenData:
             raise TokenDataError(
                 f"no {split}.bin or {split}_*.bin in {self.folder}; prepare the data first"
             )
-        shards = [np.memmap(f, dtype=self.dtype, mode="r") for f in files]
-        shards = [s for s in shards if len(s) > self.block_size]
+        for f in files:
+            if f.stat().st_size % self.dtype.itemsize:
+                raise TokenDataError(
+                    f"{f} has {f.stat().st_size} bytes, not a whole number of {self.dtype.name} "
+                    "tokens: it is truncated or not token data; prepare the folder again"
+                )
+        need = (self.block_size + 1) * self.dtype.itemsize  # an empty file cannot be memmapped
+        shards = [
+            np.memmap(f, dtype=self.dtype, mode="r") for f in files if f.stat().st_size >= need
+        ]
         if not shards:
             longest = max(files, key=lambda f: f.stat().st_size)
             n = longest.stat().st_size // self.dtype.itemsize
+            if n == 0:
+                raise TokenDataError(
+                    f"the {split} split of {self.folder} is empty (every {split} file has 0 "
+                    "tokens); prepare it again with `python -m lmlab.data.prepare` (it checks that "
+                    "both splits get data), with more text or another --val-fraction"
+                )
             raise TokenDataError(
                 f"{split} data in {self.folder} is shorter than one block: longest file "
                 f"{longest.name} has {n} tokens, block_size={self.block_size} needs at least "

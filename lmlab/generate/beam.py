@@ -6,6 +6,7 @@ from typing import Any
 
 import torch
 
+from lmlab.errors import InputError
 from lmlab.generate.cache import KVCache
 
 
@@ -48,7 +49,7 @@ def beam_search(
     from lmlab.generate.generate import GenerationOutput, left_pad
 
     if not 1 <= num_return_sequences <= num_beams:
-        raise ValueError(
+        raise InputError(
             f"num_return_sequences={num_return_sequences} must be in [1, num_beams={num_beams}]"
         )
     device = next(model.parameters()).device

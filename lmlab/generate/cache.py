@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import torch
 
+from lmlab.errors import InputError
+
 
 class LayerCache:
     """One layer's view of a `KVCache`: `update` writes the new keys/values and returns all so far."""
@@ -49,11 +51,11 @@ class KVCache:
     ) -> None:
         cfg = model.cfg
         if max_len <= 0 or batch_size <= 0:
-            raise ValueError(
+            raise InputError(
                 f"KVCache needs batch_size > 0 and max_len > 0, got {batch_size}, {max_len}"
             )
         if static and cfg.positions == "learned" and max_len > cfg.max_seq_len:
-            raise ValueError(
+            raise InputError(
                 f"a static cache of max_len={max_len} exceeds this model's max_seq_len="
                 f"{cfg.max_seq_len} (learned positions); build it with max_len <= {cfg.max_seq_len}"
             )
@@ -85,11 +87,11 @@ class KVCache:
         """Register `tokens` [B, T] about to be appended; returns their position ids [B, T]."""
         B, T = tokens.shape
         if B != self.batch_size:
-            raise ValueError(
+            raise InputError(
                 f"cache was built for batch {self.batch_size}, got tokens of batch {B}"
             )
         if not self.static and self._length + T > self.max_len:
-            raise ValueError(
+            raise InputError(
                 f"cache is full: {self._length} cached + {T} new tokens > max_len={self.max_len}; "
                 "build the KVCache with a larger max_len (prompt length + max_new_tokens)"
             )

@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import numbers
+import operator
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
+from lmlab.errors import InputError
 from lmlab.generate.compiled import decoding_cache
 from lmlab.generate.sampling import SamplingConfig, apply_repetition_penalty, choose
 from lmlab.generate.stream import TextStream
 
 Prompts = str | Sequence[str] | Sequence[Sequence[int]] | torch.Tensor
+STREAM_SETTINGS = {"temperature", "top_k", "top_p", "min_p", "repetition_penalty"}
 
 
 @dataclass
@@ -29,22 +33,86 @@ class GenerationOutput:
 def encode_prompts(prompts: Prompts, tokenizer: Any, add_special: bool = True) -> list[list[int]]:
     """Token id lists from strings (needs a tokenizer), id lists, or a [B, T] tensor."""
     if isinstance(prompts, torch.Tensor):
+        if prompts.is_floating_point() or prompts.is_complex() or prompts.dim() not in (1, 2):
+            raise InputError(
+                f"a prompt tensor must hold integer token ids as [T] or [B, T], got {prompts.dtype} "
+                f"of shape {list(prompts.shape)} — use torch.long ids"
+            )
         rows = prompts.unsqueeze(0) if prompts.dim() == 1 else prompts
         ids = [r.tolist() for r in rows]
     elif isinstance(prompts, str) or (
         isinstance(prompts, Sequence) and prompts and isinstance(prompts[0], str)
     ):
         if tokenizer is None:
-            raise ValueError(
-                "text prompts need a tokenizer: generate(model, prompts, tokenizer=tok)"
+            raise InputError(
+                "text prompts need a tokenizer — generate(model, prompts, tokenizer=tok)"
             )
         texts = [prompts] if isinstance(prompts, str) else list(prompts)
         ids = [tokenizer.encode(t, add_special=add_special) for t in texts]
     else:
-        ids = [list(map(int, p)) for p in prompts]
+        try:
+            ids = [[_token_id(t) for t in p] for p in prompts]
+        except TypeError:
+            raise InputError(
+                f"prompts must be text, a list of token-id lists or a [B, T] tensor, got "
+                f"{_short(prompts)} — wrap one prompt's ids in a list: [[1, 2, 3]]"
+            ) from None
     if not ids or any(len(p) == 0 for p in ids):
-        raise ValueError("empty prompt: every prompt needs at least one token")
+        raise InputError("empty prompt: every prompt needs at least one token")
     return ids
+
+
+def _token_id(t: Any) -> int:
+    """An int id (Python, NumPy or 0-d tensor integer); anything else is an `InputError`."""
+    try:
+        if isinstance(t, bool):
+            raise TypeError
+        return operator.index(t)
+    except TypeError:
+        raise InputError(f"token id {_short(t)} is not an int — prompts of ids hold ints") from None
+
+
+def _short(x: Any) -> str:
+    text = repr(x)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def check_ids(model: Any, ids: list[list[int]]) -> None:
+    """Every prompt token must have an embedding row; names the first id that does not."""
+    vocab = model.cfg.vocab_size
+    for row, prompt in enumerate(ids):
+        bad = next((t for t in prompt if not 0 <= t < vocab), None)
+        if bad is not None:
+            raise InputError(
+                f"token id {bad} in prompt {row} is outside the model's vocabulary of {vocab} ids "
+                f"(0..{vocab - 1}) — use the tokenizer the model was trained with"
+            )
+
+
+def check_settings(
+    max_new_tokens: int,
+    sampling: SamplingConfig,
+    num_beams: int = 1,
+    num_return_sequences: int = 1,
+) -> None:
+    """Refuse a request that cannot run or would silently ignore a setting (before any work)."""
+    for name, value in (
+        ("max_new_tokens", max_new_tokens),
+        ("num_beams", num_beams),
+        ("num_return_sequences", num_return_sequences),
+    ):
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+            raise InputError(f"{name}={value!r} must be an int >= 1")
+    if num_beams > 1 and sampling.changed():
+        raise InputError(
+            f"num_beams={num_beams} with {', '.join(sampling.changed())}: beam search keeps the "
+            "most likely continuations and would ignore these sampling settings — drop them, or "
+            "use num_beams=1 to sample"
+        )
+    if num_beams > 1 and num_return_sequences > num_beams:
+        raise InputError(
+            f"num_return_sequences={num_return_sequences} must be <= num_beams={num_beams}"
+        )
 
 
 def resolve_stop_ids(stop_ids: Sequence[int | str] | None, tokenizer: Any, model: Any) -> set[int]:
@@ -59,12 +127,12 @@ def resolve_stop_ids(stop_ids: Sequence[int | str] | None, tokenizer: Any, model
         if isinstance(s, str):
             if s not in specials:
                 near = ", ".join(sorted(specials)[:8])
-                raise ValueError(
-                    f"unknown stop token {s!r}; this tokenizer's special tokens: {near}"
+                raise InputError(
+                    f"unknown stop token {s!r} — this tokenizer's special tokens: {near}"
                 )
             s = specials[s]
         if not 0 <= int(s) < vocab:
-            raise ValueError(f"unknown stop token id {s}: the vocabulary has ids 0..{vocab - 1}")
+            raise InputError(f"unknown stop token id {s} — the vocabulary has ids 0..{vocab - 1}")
         out.add(int(s))
     return out
 
@@ -85,13 +153,13 @@ def check_context(model: Any, prompt_len: int, max_new_tokens: int) -> None:
     its context."""
     ctx = model.cfg.max_seq_len
     if prompt_len > ctx:
-        raise ValueError(
-            f"prompt of {prompt_len} tokens is longer than the model's context ({ctx}); shorten it"
+        raise InputError(
+            f"prompt of {prompt_len} tokens is longer than the model's context ({ctx}) — shorten it"
         )
     if prompt_len + max_new_tokens - 1 > ctx:
-        raise ValueError(
+        raise InputError(
             f"prompt of {prompt_len} tokens + max_new_tokens={max_new_tokens} does not fit the "
-            f"model's context of {ctx} tokens; lower max_new_tokens to {ctx - prompt_len + 1}"
+            f"model's context of {ctx} tokens — lower max_new_tokens to {ctx - prompt_len + 1}"
         )
 
 
@@ -154,13 +222,14 @@ def generate(
     runs the decode steps through `torch.compile` (static cache): the first call compiles, later
     calls of similar length and batch are faster (beam search stays eager).
     """
-    if max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens={max_new_tokens} must be >= 1")
+    sampling = SamplingConfig(temperature, top_k, top_p, min_p, repetition_penalty)
+    check_settings(max_new_tokens, sampling, num_beams, num_return_sequences)
     ids = encode_prompts(prompts, tokenizer, add_special)
+    check_ids(model, ids)
     check_context(model, max(map(len, ids)), max_new_tokens)
     stops = resolve_stop_ids(stop_ids, tokenizer, model)
     if stop_strings and tokenizer is None:
-        raise ValueError("stop_strings need a tokenizer to decode the text: pass tokenizer=...")
+        raise InputError("stop_strings need a tokenizer to decode the text — pass tokenizer=...")
     if num_beams > 1:
         from lmlab.generate.beam import beam_search
 
@@ -169,10 +238,7 @@ def generate(
             length_penalty=length_penalty, early_stopping=early_stopping,
             num_return_sequences=num_return_sequences, tokenizer=tokenizer,
         )  # fmt: skip
-    if num_return_sequences < 1:
-        raise ValueError(f"num_return_sequences={num_return_sequences} must be >= 1")
     ids = [row for row in ids for _ in range(num_return_sequences)]
-    sampling = SamplingConfig(temperature, top_k, top_p, min_p, repetition_penalty)
     generator = None
     if seed is not None:
         generator = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
@@ -207,16 +273,26 @@ def stream_generate(
 ) -> Iterator[str]:
     """Yield decoded text pieces of one completion as its tokens arrive (greedy or sampled)."""
     max_new_tokens = kwargs.pop("max_new_tokens", 256)
-    stops = resolve_stop_ids(kwargs.pop("stop_ids", None), tokenizer, model)
+    stop_ids = kwargs.pop("stop_ids", None)
     seed = kwargs.pop("seed", None)
     compile = kwargs.pop("compile", False)
-    ids = encode_prompts(prompt if isinstance(prompt, str) else [list(prompt)], tokenizer)
+    unknown = sorted(set(kwargs) - STREAM_SETTINGS)
+    if unknown:
+        raise InputError(
+            f"stream_generate got unknown setting(s) {', '.join(unknown)} — it takes "
+            f"max_new_tokens, stop_ids, seed, compile, {', '.join(sorted(STREAM_SETTINGS))}"
+        )
+    sampling = SamplingConfig(**kwargs)
+    check_settings(max_new_tokens, sampling)
+    ids = encode_prompts(prompt if isinstance(prompt, (str, torch.Tensor)) else [prompt], tokenizer)
+    check_ids(model, ids)
     check_context(model, len(ids[0]), max_new_tokens)
-    generator = torch.Generator().manual_seed(seed) if seed is not None else None
+    stops = resolve_stop_ids(stop_ids, tokenizer, model)
+    generator = None
+    if seed is not None:
+        generator = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
     stream = TextStream(tokenizer)
-    for nxt in decode_steps(
-        model, ids, SamplingConfig(**kwargs), max_new_tokens, generator, compile
-    ):
+    for nxt in decode_steps(model, ids, sampling, max_new_tokens, generator, compile):
         t = int(nxt[0])
         if t in stops:
             break

@@ -7,7 +7,9 @@ a large part of the matmul: packing each weight once per generation and reusing 
 (q/k/v, gate/up) are packed as one weight: fewer calls, and a wider GEMM streams the weights
 faster. Batch 1 gains nothing (the kernel is then a matrix-vector product that reads the weight as
 it is), so callers pack only for several rows. PyTorch's inductor uses the same packed kernels
-when it freezes weights.
+when it freezes weights. Where a kernel does not work on this CPU (oneDNN's bf16 path needs
+AVX-512 or AVX-NE-CONVERT) or `LMLAB_KERNELS=plain` is set, the linears keep the plain path
+(`lmlab.kernels`).
 """
 
 from __future__ import annotations
@@ -18,19 +20,19 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
+from lmlab import kernels
+
 
 def can_pack(model: nn.Module, rows: int) -> bool:
-    """Packing pays off: CPU weights, no gradients, several rows, and the packed kernels exist."""
+    """Packing pays off: CPU weights, no gradients, several rows, and the packed kernel for the
+    model's dtype (bf16 under bf16 autocast) works on this CPU (`lmlab.kernels`)."""
     p = next(model.parameters(), None)
     return (
         p is not None
         and p.device.type == "cpu"
         and rows > 1
         and not torch.is_grad_enabled()
-        and torch.backends.mkldnn.is_available()
-        and torch.backends.mkl.is_available()
-        and hasattr(torch.ops.mkl, "_mkl_linear")
-        and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+        and _has_kernel(_kernel_dtype(p.dtype, _low()))
     )
 
 
@@ -50,21 +52,24 @@ def packed_linears(model: nn.Module, rows: int) -> Iterator[None]:
     if not can_pack(model, rows):
         yield
         return
-    low = torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
+    low = _low()
     patched, fused = [], []
     try:
-        groups = _groups(model)
+        groups = []
+        for owner, attr, linears in _groups(model):
+            dtype = _kernel_dtype(linears[0].weight.dtype, low)
+            if _has_kernel(dtype):  # else (e.g. the bf16 linears of a mixed model): plain path
+                groups.append((owner, attr, linears, dtype))
         # Weights are stacked / cast into one reused buffer per dtype before packing: fresh memory
         # for each would cost a page fault per 4 KiB, more than the copy itself.
         sizes: dict[torch.dtype, int] = {}
-        for _, _, linears in groups:
-            dtype = _kernel_dtype(linears[0], low)
+        for _, _, linears, dtype in groups:
             if len(linears) > 1 or linears[0].weight.dtype != dtype:
                 n = sum(m.weight.numel() for m in linears)
                 sizes[dtype] = max(sizes.get(dtype, 0), n)
         staging = {dtype: torch.empty(n, dtype=dtype) for dtype, n in sizes.items()}
-        for owner, attr, linears in groups:
-            matmul = _packed_matmul(linears, rows, _kernel_dtype(linears[0], low), staging)
+        for owner, attr, linears, dtype in groups:
+            matmul = _packed_matmul(linears, rows, dtype, staging)
             if attr is None:
                 owner.forward = matmul
                 patched.append(owner)
@@ -93,9 +98,20 @@ def _groups(model: nn.Module) -> list[tuple[nn.Module, str | None, list[nn.Linea
     return groups + [(m, None, [m]) for m in model.modules() if _plain(m) and id(m) not in grouped]
 
 
-def _kernel_dtype(linear: nn.Linear, low: bool) -> torch.dtype:
+def _low() -> bool:
+    """bf16 autocast is on for the CPU."""
+    return torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
+
+
+def _kernel_dtype(weight: torch.dtype, low: bool) -> torch.dtype:
     """bf16 (oneDNN) under bf16 autocast or for bf16 weights, else float32 (MKL)."""
-    return torch.bfloat16 if low or linear.weight.dtype == torch.bfloat16 else torch.float32
+    return torch.bfloat16 if low or weight == torch.bfloat16 else torch.float32
+
+
+def _has_kernel(dtype: torch.dtype) -> bool:
+    """The packed kernel for `dtype` works here (a missing one raised on AVX2-only CPUs)."""
+    k = kernels.available()
+    return k.packed_bf16 if dtype == torch.bfloat16 else k.packed_fp32
 
 
 def _plain(m: object) -> bool:

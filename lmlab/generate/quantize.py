@@ -7,6 +7,9 @@ weights are a quarter of float32's bytes. Two kinds:
   range), multiplied on fbgemm's int8 kernels: the fastest on AVX2 CPUs, at a quality cost that is
   large for models with attention-sink tokens (one scale per input matrix: SmolLM2's perplexity
   rises 209% vs 0.65% for weight-only; docs/BENCHMARKS.md).
+Each kernel is used only where it works on this CPU and `LMLAB_KERNELS=plain` is unset
+(`lmlab.kernels`): "int8" then dequantizes and multiplies instead; "int8-dynamic" has no fallback
+and raises `DeviceError`.
 """
 
 from __future__ import annotations
@@ -17,6 +20,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lmlab import kernels
+from lmlab.errors import DeviceError
+
 
 def quantize_weight(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """w [out, in] -> (int8 [out, in], float32 scale [out]) with w ~= q * scale[:, None]."""
@@ -26,18 +32,17 @@ def quantize_weight(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return q, scale
 
 
-def _has_int8_kernel() -> bool:
-    return hasattr(torch.ops.aten, "_weight_int8pack_mm")
-
-
 class Int8Linear(nn.Module):
-    """y = x @ (q * scale)^T + b with int8 `q`; computes in bfloat16 on the fused CPU kernel."""
+    """y = x @ (q * scale)^T + b with int8 `q`; computes in bfloat16 on the fused CPU kernel
+    where it works (`lmlab.kernels` when built), else dequantizes and multiplies."""
 
     def __init__(self, linear: nn.Linear, compute_dtype: torch.dtype = torch.bfloat16) -> None:
         super().__init__()
         q, scale = quantize_weight(linear.weight)
         self.in_features, self.out_features = linear.in_features, linear.out_features
         self.compute_dtype = compute_dtype
+        # decided once here, not per call: torch.compile cannot trace the probes
+        self.kernel = kernels.available().int8_weight_only
         self.register_buffer("qweight", q)
         self.register_buffer("scale", scale.to(compute_dtype))
         self.bias = (
@@ -52,7 +57,7 @@ class Int8Linear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
         x2 = x.reshape(-1, shape[-1]).to(self.compute_dtype).contiguous()
-        if _has_int8_kernel() and x.device.type == "cpu":
+        if self.kernel and x.device.type == "cpu":
             y = torch.ops.aten._weight_int8pack_mm(x2, self.qweight, self.scale)
         else:
             y = F.linear(x2, self.qweight.to(self.compute_dtype)) * self.scale
@@ -60,7 +65,9 @@ class Int8Linear(nn.Module):
         return y + self.bias if self.bias is not None else y
 
     def extra_repr(self) -> str:
-        return f"in={self.in_features}, out={self.out_features}, int8 weights, {self.compute_dtype}"
+        how = "fused int8 kernel" if self.kernel else "dequantized matmul"
+        sizes = f"in={self.in_features}, out={self.out_features}"
+        return f"{sizes}, int8 weights, {self.compute_dtype}, {how}"
 
 
 class DynamicInt8Linear(nn.Module):
@@ -68,8 +75,11 @@ class DynamicInt8Linear(nn.Module):
 
     def __init__(self, linear: nn.Linear) -> None:
         super().__init__()
-        if "fbgemm" not in torch.backends.quantized.supported_engines:
-            raise RuntimeError("int8-dynamic needs torch's fbgemm engine (x86 CPU builds)")
+        if not kernels.available().int8_dynamic:
+            raise DeviceError(
+                "quantize_int8(kind='int8-dynamic') needs fbgemm's int8 kernels, not usable here "
+                f"({kernels.reasons()['int8_dynamic']}); use kind='int8' (weight-only, any CPU)"
+            )
         q, scale = quantize_weight(linear.weight)
         self.in_features, self.out_features = linear.in_features, linear.out_features
         zeros = torch.zeros(q.shape[0], dtype=torch.long)

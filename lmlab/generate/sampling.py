@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import math
+import numbers
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+
+from lmlab.errors import InputError
 
 
 @dataclass
@@ -19,16 +23,30 @@ class SamplingConfig:
     repetition_penalty: float = 1.0
 
     def __post_init__(self) -> None:
-        if self.temperature < 0:
-            raise ValueError(f"temperature={self.temperature} must be >= 0 (0 = greedy)")
-        if self.top_k is not None and self.top_k < 1:
-            raise ValueError(f"top_k={self.top_k} must be >= 1 (or None to disable)")
-        if self.top_p is not None and not 0 < self.top_p <= 1:
-            raise ValueError(f"top_p={self.top_p} must be in (0, 1] (or None to disable)")
-        if self.min_p is not None and not 0 <= self.min_p <= 1:
-            raise ValueError(f"min_p={self.min_p} must be in [0, 1] (or None to disable)")
-        if self.repetition_penalty <= 0:
-            raise ValueError(f"repetition_penalty={self.repetition_penalty} must be > 0 (1 = off)")
+        """Refuse settings that would sample nonsense; the one place sampling knobs are checked."""
+        t, k, p, m, r = (
+            self.temperature, self.top_k, self.top_p, self.min_p, self.repetition_penalty
+        )  # fmt: skip
+        if not _number(t) or not math.isfinite(t) or t < 0:
+            raise InputError(f"temperature={t} must be a finite number >= 0 — 0 means greedy")
+        if k is not None and (not _number(k, numbers.Integral) or k < 1):
+            raise InputError(f"top_k={k} must be an int >= 1 — or None to disable")
+        if p is not None and (not _number(p) or not 0 < p <= 1):
+            raise InputError(f"top_p={p} must be in (0, 1] — or None to disable")
+        if m is not None and (not _number(m) or not 0 <= m <= 1):
+            raise InputError(f"min_p={m} must be in [0, 1] — or None to disable")
+        if not _number(r) or not math.isfinite(r) or r <= 0:
+            raise InputError(f"repetition_penalty={r} must be a finite number > 0 — 1 means off")
+
+    def changed(self) -> list[str]:
+        """The knobs set away from plain greedy decoding, as `name=value` strings."""
+        out = [f"temperature={self.temperature}"] if self.temperature != 0 else []
+        out += [
+            f"{n}={v}" for n in ("top_k", "top_p", "min_p") if (v := getattr(self, n)) is not None
+        ]
+        if self.repetition_penalty != 1:
+            out.append(f"repetition_penalty={self.repetition_penalty}")
+        return out
 
     @property
     def greedy(self) -> bool:
@@ -64,6 +82,11 @@ def filter_logits(logits: torch.Tensor, cfg: SamplingConfig) -> torch.Tensor:
             probs < cfg.min_p * probs.max(-1, keepdim=True).values, float("-inf")
         )
     return logits
+
+
+def _number(x: object, kind: type = numbers.Real) -> bool:
+    """A real (or `kind`) number, not a bool; NaN compares false, so the range checks catch it."""
+    return isinstance(x, kind) and not isinstance(x, bool)
 
 
 def choose(

@@ -4,15 +4,22 @@ The page shows a token strip; hovering a token highlights where the picked head 
 and draws, for every head of the picked layer, a bar per key token (the head grid). Layer and
 head pickers choose what the strip shows. Data is embedded as JSON with `<`, `>` and `&`
 escaped, and tokens are inserted with `textContent`, so a token like `<script>` is shown as text.
+Non-finite attention weights (NaN, inf) become JSON `null`, drawn as grey cells with a note.
+The title and data go into the page in one pass, so user text is never searched for placeholders.
 """
 
 from __future__ import annotations
 
 import json
+import math
+import re
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
+
+from lmlab.errors import InputError
+from lmlab.runs import atomic_write
 
 _PAGE = """<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
@@ -28,8 +35,11 @@ body { font-family: sans-serif; margin: 1em; }
 .head.picked { border-color: #d33; }
 .bars { display: flex; align-items: flex-end; height: 40px; gap: 1px; }
 .bars div { width: 5px; background: #36c; }
+.bars div.nan { background: #bbb; }
+#note { color: #a40; }
 </style></head><body>
 <h3 id="title"></h3>
+<p id="note" hidden></p>
 <label>layer <select id="layer"></select></label>
 <label>head <select id="head"></select></label>
 <span id="info"></span>
@@ -42,6 +52,11 @@ const D = JSON.parse(document.getElementById("data").textContent);
 const L = D.patterns.length, H = D.patterns[0].length, T = D.tokens.length;
 let layer = 0, head = 0, query = T - 1;
 document.getElementById("title").textContent = D.title;
+if (D.nonfinite > 0) {
+  const note = document.getElementById("note");
+  note.textContent = D.nonfinite + " attention weights are NaN or infinite; shown as grey cells";
+  note.hidden = false;
+}
 const layerSel = document.getElementById("layer"), headSel = document.getElementById("head");
 for (let i = 0; i < L; i++) layerSel.add(new Option(String(i), String(i)));
 for (let h = 0; h < H; h++) headSel.add(new Option(String(h), String(h)));
@@ -58,9 +73,9 @@ function render() {
   const row = D.patterns[layer][head][query];
   spans.forEach((s, i) => {
     const a = row[i];
-    s.style.backgroundColor = "rgba(51, 102, 204, " + a.toFixed(3) + ")";
-    s.style.color = a > 0.5 ? "white" : "black";
-    s.dataset.attn = a.toFixed(3);
+    s.style.backgroundColor = a === null ? "#bbb" : "rgba(51, 102, 204, " + a.toFixed(3) + ")";
+    s.style.color = a !== null && a > 0.5 ? "white" : "black";
+    s.dataset.attn = a === null ? "nan" : a.toFixed(3);
     s.className = i === query ? "query" : "";
   });
   document.getElementById("info").textContent =
@@ -75,7 +90,8 @@ function render() {
     bars.className = "bars";
     D.patterns[layer][h][query].forEach((a) => {
       const b = document.createElement("div");
-      b.style.height = Math.max(1, Math.round(40 * a)) + "px";
+      if (a === null) b.className = "nan";
+      b.style.height = (a === null ? 40 : Math.max(1, Math.round(40 * a))) + "px";
       bars.appendChild(b);
     });
     box.append(name, bars);
@@ -92,40 +108,45 @@ render();
 
 def _json_for_html(obj: object) -> str:
     """JSON safe inside a <script> element (no `</script>`, no HTML-significant characters)."""
-    return json.dumps(obj).replace("&", "\\u0026").replace("<", "\\u003c").replace(">", "\\u003e")
+    text = json.dumps(obj, allow_nan=False)
+    return text.replace("&", "\\u0026").replace("<", "\\u003c").replace(">", "\\u003e")
+
+
+def _escape_html(text: str) -> str:
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def _weight(a: float) -> float | None:
+    """A weight rounded for the page; None (JSON null) for NaN and infinities."""
+    return round(a, 3) if math.isfinite(a) else None
 
 
 def attention_html(tokens: Sequence[str], patterns: torch.Tensor, title: str = "attention") -> str:
     """The viewer page for token strings [T] and patterns [L, H, T, T]."""
-    if (
-        patterns.dim() != 4
-        or patterns.shape[-1] != len(tokens)
-        or patterns.shape[-2] != len(tokens)
-    ):
-        raise ValueError(
-            f"patterns must be [layers, heads, T, T] with T={len(tokens)} tokens; "
+    T = len(tokens)
+    if patterns.dim() != 4 or tuple(patterns.shape[-2:]) != (T, T) or patterns.numel() == 0:
+        raise InputError(
+            f"patterns must be [layers, heads, T, T] with T={T} tokens (none of them 0); "
             f"got {tuple(patterns.shape)}"
         )
+    p = patterns.detach().float().cpu()
     data = {
-        "title": title,
-        "tokens": list(tokens),
+        "title": str(title),
+        "tokens": [str(t) for t in tokens],
+        "nonfinite": int((~torch.isfinite(p)).sum()),
         "patterns": [
-            [[[round(float(a), 3) for a in row] for row in head] for head in layer]
-            for layer in patterns.float().cpu()
+            [[[_weight(a) for a in row] for row in head.tolist()] for head in layer] for layer in p
         ],
     }
-    safe_title = title.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-    return _PAGE.replace("__TITLE__", safe_title).replace("__DATA__", _json_for_html(data))
+    values = {"TITLE": _escape_html(str(title)), "DATA": _json_for_html(data)}
+    return re.sub(r"__(TITLE|DATA)__", lambda m: values[m.group(1)], _PAGE)  # one pass
 
 
 def write_viewer(
     path: str | Path, tokens: Sequence[str], patterns: torch.Tensor, title: str = "attention"
 ) -> Path:
     """Write the viewer page to `path` (a single .html file)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(attention_html(tokens, patterns, title), encoding="utf-8")
-    return path
+    return atomic_write(path, attention_html(tokens, patterns, title))
 
 
 def model_viewer(

@@ -3,6 +3,9 @@
 A folder with `adapter_config.json` and `adapter_model.safetensors` whose tensors carry
 transformers module names (`base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight`),
 so `peft.PeftModel.from_pretrained(hf_model, folder)` loads what lmlab trained, and back.
+
+The two files are one unit: they are written into a temporary folder beside the target, which is
+then renamed into place, so a reader sees the old adapter or the new one, never half of each.
 """
 
 from __future__ import annotations
@@ -12,12 +15,15 @@ import re
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save
+from safetensors.torch import save
 from torch import nn
 
+from lmlab.errors import InputError, MissingFileError, OverwriteError
 from lmlab.peft.lora import LoraConfig, apply_lora, lora_layers
-from lmlab.runs import atomic_write
+from lmlab.runs import recover_folder, replace_folder
+from lmlab.weights.errors import WeightsError
 from lmlab.weights.hf import _renames
+from lmlab.weights.hf_folder import read_json, read_safetensors
 
 PREFIX = "base_model.model."
 
@@ -31,18 +37,33 @@ def module_name_maps(cfg) -> tuple[dict[str, str], dict[str, str]]:
     return to_hf, {v: k for k, v in to_hf.items()}
 
 
-def save_lora(model: nn.Module, folder: str | Path, base_model_name: str | None = None) -> Path:
-    """Write the adapter (only the LoRA tensors) in the HF PEFT layout; returns the folder."""
+FILES = ("adapter_config.json", "adapter_model.safetensors")
+
+
+def save_lora(
+    model: nn.Module,
+    folder: str | Path,
+    base_model_name: str | None = None,
+    *,
+    overwrite: bool = False,
+) -> Path:
+    """Write the adapter (only the LoRA tensors) in the HF PEFT layout; returns the folder.
+
+    `folder` must be new or empty; `overwrite=True` replaces an existing adapter there (other
+    files in the folder, such as a README, are kept).
+    """
+    folder = Path(folder)
+    _check_folder(folder, overwrite)
     layers = lora_layers(model)
     if not layers:
-        raise ValueError("this model has no LoRA layers to save; call apply_lora(model, ...) first")
+        raise InputError("this model has no LoRA layers to save; call apply_lora(model, ...) first")
     if any(lin.lora_merged for lin in layers.values()):
-        raise ValueError("LoRA is merged into the weights; call unmerge_lora(model) before saving")
+        raise InputError("LoRA is merged into the weights; call unmerge_lora(model) before saving")
     cfg: LoraConfig = model.lora_config
     to_hf, _ = module_name_maps(model.cfg)
     missing = [n for n in layers if n not in to_hf]
     if missing:
-        raise ValueError(
+        raise InputError(
             f"no transformers module name for {missing[:3]} in family {model.cfg.family!r} "
             "(e.g. GPT-2 fuses q/k/v into c_attn); target modules that exist in transformers too"
         )
@@ -71,11 +92,30 @@ def save_lora(model: nn.Module, folder: str | Path, base_model_name: str | None 
         "rank_pattern": {},
         "alpha_pattern": {},
     }
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    atomic_write(folder / "adapter_model.safetensors", save(tensors))
-    atomic_write(folder / "adapter_config.json", json.dumps(config, indent=2) + "\n")
+    with replace_folder(folder, overwrite=folder.exists()) as tmp:
+        (tmp / "adapter_model.safetensors").write_bytes(save(tensors))
+        (tmp / "adapter_config.json").write_text(json.dumps(config, indent=2) + "\n")
     return folder
+
+
+def _check_folder(folder: Path, overwrite: bool) -> None:
+    """Refuse a file, or a non-empty folder unless `overwrite` (an empty folder is taken as new)."""
+    recover_folder(folder)
+    if folder.exists() and not folder.is_dir():
+        raise OverwriteError(
+            f"{folder} is a file; an adapter is saved as a folder: pick a new path"
+        )
+    if overwrite or not folder.is_dir():
+        return
+    names = sorted(p.name for p in folder.iterdir())
+    if names:
+        what = (
+            "an adapter" if set(FILES) & set(names) else f"{len(names)} entries ({names[0]}, ...)"
+        )
+        raise OverwriteError(
+            f"{folder} already holds {what}; refusing to overwrite it: save to a new folder, or "
+            "pass overwrite=True to replace the adapter (other files there are kept)"
+        )
 
 
 def load_lora(model: nn.Module, folder: str | Path) -> list[str]:
@@ -84,18 +124,18 @@ def load_lora(model: nn.Module, folder: str | Path) -> list[str]:
     cfg_path, w_path = folder / "adapter_config.json", folder / "adapter_model.safetensors"
     for p in (cfg_path, w_path):
         if not p.is_file():
-            raise FileNotFoundError(
+            raise MissingFileError(
                 f"{p} not found; an adapter folder holds adapter_config.json and "
                 "adapter_model.safetensors (HF PEFT layout)"
             )
-    hf_cfg = json.loads(cfg_path.read_text())
+    hf_cfg = read_json(cfg_path)
     if hf_cfg.get("peft_type") != "LORA":
-        raise ValueError(
+        raise WeightsError(
             f"{folder} holds a {hf_cfg.get('peft_type')!r} adapter; load_lora reads LORA"
         )
     if hf_cfg.get("rank_pattern") or hf_cfg.get("alpha_pattern"):
-        raise ValueError("adapters with rank_pattern/alpha_pattern are not supported yet")
-    tensors = load_file(str(w_path))
+        raise WeightsError("adapters with rank_pattern/alpha_pattern are not supported yet")
+    tensors = read_safetensors(w_path)
     _, from_hf = module_name_maps(model.cfg)
     base = hf_cfg.get("base_model_name_or_path")
     modules: dict[str, dict[str, torch.Tensor]] = {}
@@ -105,7 +145,7 @@ def load_lora(model: nn.Module, folder: str | Path) -> list[str]:
         )
         hf_name = m.group(1)[len(PREFIX) :] if m and m.group(1).startswith(PREFIX) else None
         if hf_name is None or hf_name not in from_hf:
-            raise ValueError(
+            raise WeightsError(
                 f"adapter tensor {k!r} names no module of this {model.cfg.name} model: the adapter "
                 f"was made for a different base model ({base!r}); expected names like "
                 f"{PREFIX}{next(iter(from_hf))}.lora_A.weight"
@@ -126,7 +166,7 @@ def load_lora(model: nn.Module, folder: str | Path) -> list[str]:
         want["lora_magnitude_vector"] = (lin.out_features,)
         for part, t in parts.items():
             if tuple(t.shape) != want[part]:
-                raise ValueError(
+                raise WeightsError(
                     f"adapter tensor {part} for {n} has shape {tuple(t.shape)}, this model needs "
                     f"{want[part]}: the adapter was made for a different base model ({base!r})"
                 )

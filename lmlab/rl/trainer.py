@@ -12,6 +12,8 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from lmlab.config import ConfigError
+from lmlab.errors import CheckpointError, DataError, InputError, MissingFileError, OverwriteError
 from lmlab.generate.generate import check_context
 from lmlab.rl.config import GRPOConfig
 from lmlab.rl.grpo import (
@@ -25,10 +27,13 @@ from lmlab.rl.grpo import (
 from lmlab.rl.rewards import RewardFn, combine_rewards, reward_name
 from lmlab.rl.rollout import Rollout, rollout
 from lmlab.rl.tasks.base import RLTask
+from lmlab.runs import atomic_write
 from lmlab.train import checkpoint as ckpt
 from lmlab.train.optimizers import can_fuse
 
-CKPT = "grpo_ckpt.pt"
+PREFIX = "grpo_ckpt"  # grpo_ckpt_NNNNNN.pt with sha256s in grpo_checkpoints.json
+KEEP = 2  # newest GRPO checkpoints kept
+METRICS = "metrics.jsonl"
 
 
 class GRPOTrainer:
@@ -44,7 +49,9 @@ class GRPOTrainer:
     ) -> None:
         cfg.validate()
         if not task.train:
-            raise ValueError("the task has no training rows")
+            raise DataError(
+                f"the task {cfg.task!r} has no training rows; give it data (see its options)"
+            )
         self.model, self.tokenizer, self.cfg, self.task = model, tokenizer, cfg, task
         self.reward_funcs = list(reward_funcs or task.reward_funcs)
         self.reward_weights = cfg.reward_weights or (
@@ -63,7 +70,10 @@ class GRPOTrainer:
             self._freeze_below(int(cfg.trainable.split(":")[1]))
         self.params = [p for p in model.parameters() if p.requires_grad]
         if not self.params:
-            raise ValueError("no trainable parameters: check trainable / lora_rank")
+            raise ConfigError(
+                f"no trainable parameters with trainable={cfg.trainable!r}, lora_rank={cfg.lora_rank}; "
+                "use trainable=all, last:N or lora_rank > 0"
+            )
         # beta = 0 keeps no reference; with LoRA the reference is the model with adapters off
         self.ref = None
         if cfg.beta > 0 and not self.lora:
@@ -88,12 +98,16 @@ class GRPOTrainer:
             }
         )
         self.out = Path(cfg.out_dir)
+        self._resumed = False  # load() was called: out_dir may hold this run's files
+        self._owns_out = False  # out_dir was checked (and metrics trimmed) before a first write
 
     # ---------------------------------------------------------------- prompts
     def _freeze_below(self, n: int) -> None:
         blocks = self.model.blocks
         if not 1 <= n <= len(blocks):
-            raise ValueError(f"trainable=last:{n} but the model has {len(blocks)} blocks")
+            raise ConfigError(
+                f"trainable=last:{n} but the model has {len(blocks)} blocks; use 1..{len(blocks)}"
+            )
         self.model.requires_grad_(False)
         for blk in list(blocks)[-n:]:
             blk.requires_grad_(True)
@@ -121,7 +135,7 @@ class GRPOTrainer:
             try:
                 check_context(self.model, len(p), self.cfg.max_new_tokens)
             except ValueError as e:
-                raise ValueError(f"{e} (prompt: {str(r['prompt'])[:60]!r})") from None
+                raise InputError(f"{e} (prompt: {str(r['prompt'])[:60]!r})") from None
         return ids
 
     def decode(self, completions: list[list[int]]) -> list[str]:
@@ -252,9 +266,9 @@ class GRPOTrainer:
         checkpoints every save_every."""
         steps = self.cfg.max_steps if steps is None else steps
         t0 = time.perf_counter()
+        self._claim_out()
         bar = tqdm(total=steps, initial=self.step_no, disable=not progress, desc="grpo")
-        log = self.out / "metrics.jsonl"
-        self.out.mkdir(parents=True, exist_ok=True)
+        log = self.out / METRICS
         while self.step_no < steps:
             rec = self.step()
             with open(log, "a") as f:
@@ -306,19 +320,42 @@ class GRPOTrainer:
             "history": json.dumps(self.history),
         }
 
+    def _claim_out(self) -> None:
+        """Before the first write to out_dir: refuse a folder holding another GRPO run (unless this
+        trainer resumed it) and drop metrics newer than the resumed step, so no step repeats."""
+        if self._owns_out:
+            return
+        if not self._resumed:
+            check_out_dir(self.out, resume=False)
+        self.out.mkdir(parents=True, exist_ok=True)
+        log = self.out / METRICS
+        if log.is_file():
+            keep = [r for r in _records(log) if r.get("step", 0) <= self.step_no]
+            atomic_write(log, "".join(json.dumps(r) + "\n" for r in keep))
+        self._owns_out = True
+
     def save(self, path: str | Path | None = None) -> Path:
-        """Atomically write the trainable weights, optimizer, schedule, RNGs and step."""
-        return ckpt.save(path or self.out / CKPT, self.state_dict())
+        """Atomically write the trainable weights, optimizer, schedule, RNGs and step: to `path`,
+        or by default as out_dir/grpo_ckpt_<step>.pt with its sha256 (the newest 2 are kept)."""
+        if path is not None:
+            return ckpt.save(path, self.state_dict())
+        self._claim_out()
+        return ckpt.save_step(self.out, self.state_dict(), self.step_no, KEEP, PREFIX)
 
     def load(self, path: str | Path | None = None) -> None:
-        """Continue exactly where `save` left off (same model, config and task)."""
-        path = Path(path or self.out / CKPT)
-        if not path.is_file():
-            raise FileNotFoundError(f"no GRPO checkpoint at {path}; train first or drop --resume")
-        state = ckpt.load(path)
+        """Continue exactly where `save` left off (same model, config and task); by default from
+        the newest out_dir checkpoint whose checksum matches (an older one if it is damaged)."""
+        if path is not None:
+            path = Path(path)
+            if not path.is_file():
+                raise MissingFileError(f"no GRPO checkpoint at {path}; check the path")
+            state = ckpt.load(path)
+        else:
+            check_out_dir(self.out, resume=True)
+            path, state = ckpt.load_latest(self.out, PREFIX)
         missing = set(state["model"]) - set(self.model.state_dict())
         if missing:
-            raise ValueError(
+            raise CheckpointError(
                 f"checkpoint {path} has weights this model lacks: {sorted(missing)[:3]}"
             )
         self.model.load_state_dict(state["model"], strict=False)
@@ -329,6 +366,33 @@ class GRPOTrainer:
         ckpt.set_rng_state(state["rng"])
         self.step_no = int(state["step"])
         self.history = json.loads(state["history"])
+        self._resumed, self._owns_out = True, False  # the next fit/save trims metrics to this step
+
+
+def check_out_dir(out: str | Path, resume: bool) -> None:
+    """Refuse a rerun into a folder holding a GRPO run (`OverwriteError`) unless resuming, and a
+    resume from a folder without a GRPO checkpoint (`MissingFileError`)."""
+    out = Path(out)
+    if resume and not ckpt.exists(out, PREFIX):
+        raise MissingFileError(
+            f"no GRPO checkpoint in {out}; check out_dir, or drop --resume to start a new run"
+        )
+    if not resume and (ckpt.exists(out, PREFIX) or (out / METRICS).is_file()):
+        raise OverwriteError(
+            f"{out} already holds a GRPO run (checkpoint or {METRICS}); continue it with --resume "
+            "(GRPOTrainer.load()), or choose another out_dir"
+        )
+
+
+def _records(log: Path) -> list[dict[str, Any]]:
+    """The complete JSON lines of a metrics log (a line cut off by a kill is dropped)."""
+    out = []
+    for line in log.read_text().splitlines():
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return out
 
 
 def reward_names(funcs: Sequence[RewardFn]) -> list[str]:

@@ -174,12 +174,18 @@ class SteeringVector:
         return SteeringVector(out, self.aligned, {**self.meta, **other.meta})
 
     # ------------------------------------------------------------------ save / load
-    def save(self, path: str | Path) -> None:
-        """Write a safetensors file (vectors by hook name, `aligned` and `meta` as metadata)."""
-        from safetensors.torch import save_file
+    def save(self, path: str | Path, *, overwrite: bool = False) -> Path:
+        """Write a safetensors file (vectors by hook name, `aligned` and `meta` as metadata).
+
+        Atomic (temporary file + rename); an existing `path` is refused unless `overwrite=True`.
+        """
+        from safetensors.torch import save
+
+        from lmlab.runs import atomic_write
 
         meta = {"lmlab_steer": json.dumps({"aligned": self.aligned, "meta": self.meta})}
-        save_file({k: v.contiguous() for k, v in self.vectors.items()}, str(path), metadata=meta)
+        data = save({k: v.detach().cpu().contiguous() for k, v in self.vectors.items()}, meta)
+        return atomic_write(path, data, overwrite=overwrite)
 
     @classmethod
     def load(cls, path: str | Path) -> SteeringVector:

@@ -109,6 +109,20 @@ class Tokenizer(ABC):
         return f"{type(self).__name__}(vocab_size={self.vocab_size}, bos={self.bos_id}, eos={self.eos_id})"
 
 
+def well_formed(text: str) -> str:
+    """`text` with lone surrogates (e.g. from `errors="surrogateescape"` reads) replaced by U+FFFD;
+    surrogate pairs are joined, so the result always encodes as UTF-8."""
+    return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+
+
+def unknown_id(i: object, vocab_size: int) -> TokenizerError:
+    """The error for a token id outside the vocabulary, naming the id and the valid range."""
+    return TokenizerError(
+        f"token id {i} is outside this vocabulary of {vocab_size} ids (0..{vocab_size - 1}) — "
+        "use the tokenizer the ids came from"
+    )
+
+
 def _raise(message: str) -> None:
     raise TokenizerError(f"chat template error: {message}")
 

@@ -25,7 +25,13 @@ from pathlib import Path
 import regex
 from tqdm.auto import tqdm
 
-from lmlab.tokenizers.base import Tokenizer, TokenizerError, write_manifest
+from lmlab.tokenizers.base import (
+    Tokenizer,
+    TokenizerError,
+    unknown_id,
+    well_formed,
+    write_manifest,
+)
 
 # GPT-2's pre-tokenizer: contractions, letters, numbers, other symbols (each with an optional
 # leading space), and whitespace (a run keeps its last space for the next word).
@@ -123,6 +129,10 @@ class BPETokenizer(Tokenizer):
                 f"use vocab_size >= {256 + len(specials)}"
             )
         pat = regex.compile(pattern)
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            text = well_formed(text)
         # Word-frequency table: each distinct chunk is stored once, with its count.
         counts = Counter(pat.findall(text))
         words = [list(chunk.encode("utf-8")) for chunk in counts]
@@ -187,6 +197,13 @@ class BPETokenizer(Tokenizer):
     def encode(self, text: str, *, add_special: bool = False) -> list[int]:
         """Token ids of `text`; special-token strings become their ids; `add_special` prepends BOS."""
         out = [self.bos_id] if add_special and self.bos_id is not None else []
+        try:
+            return out + self._encode_parts(text)
+        except UnicodeEncodeError:  # lone surrogates have no UTF-8 bytes: encode them as U+FFFD
+            return out + self._encode_parts(well_formed(text))
+
+    def _encode_parts(self, text: str) -> list[int]:
+        out: list[int] = []
         parts = self._special_re.split(text) if self._special_re else [text]
         for k, part in enumerate(parts):
             if k % 2:  # odd parts are the captured special tokens
@@ -204,14 +221,15 @@ class BPETokenizer(Tokenizer):
                 if not (skip_special and int(i) in self._special_ids)
             )
         except KeyError as e:
-            raise TokenizerError(
-                f"token id {e.args[0]} is not in this BPE vocabulary (size {self.vocab_size})"
-            ) from None
+            raise unknown_id(e.args[0], self.vocab_size) from None
         return data.decode("utf-8", errors="replace")
 
     def id_to_bytes(self, i: int) -> bytes:
         """Bytes of token `i`."""
-        return self.vocab[int(i)]
+        try:
+            return self.vocab[int(i)]
+        except KeyError:
+            raise unknown_id(i, self.vocab_size) from None
 
     @property
     def vocab_size(self) -> int:

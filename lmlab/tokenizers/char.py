@@ -6,7 +6,7 @@ import json
 from collections.abc import Iterable
 from pathlib import Path
 
-from lmlab.tokenizers.base import Tokenizer, TokenizerError, write_manifest
+from lmlab.tokenizers.base import Tokenizer, TokenizerError, unknown_id, write_manifest
 
 FILE = "chars.json"
 
@@ -67,16 +67,16 @@ class CharTokenizer(Tokenizer):
     def decode(self, ids: Iterable[int], *, skip_special: bool = False) -> str:
         """Join the characters of `ids`."""
         n = len(self.chars)
-        try:
-            return "".join(self.itos[int(i)] for i in ids if not (skip_special and int(i) >= n))
-        except IndexError:
-            raise TokenizerError(
-                f"a token id is outside this vocabulary of {self.vocab_size}"
-            ) from None
+        return "".join(self._char(i) for i in ids if not (skip_special and n <= int(i)))
+
+    def _char(self, i: int) -> str:
+        if not 0 <= int(i) < len(self.itos):
+            raise unknown_id(i, self.vocab_size)
+        return self.itos[int(i)]
 
     def id_to_bytes(self, i: int) -> bytes:
         """UTF-8 of character `i`."""
-        return self.itos[int(i)].encode("utf-8")
+        return self._char(i).encode("utf-8", "surrogatepass")
 
     @property
     def vocab_size(self) -> int:

@@ -9,7 +9,13 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from lmlab.tokenizers.base import Tokenizer, TokenizerError, write_manifest
+from lmlab.tokenizers.base import (
+    Tokenizer,
+    TokenizerError,
+    unknown_id,
+    well_formed,
+    write_manifest,
+)
 
 _BYTE_TOKEN = re.compile(r"<0x([0-9A-Fa-f]{2})>")
 
@@ -126,21 +132,38 @@ class HFTokenizer(Tokenizer):
 
     def encode(self, text: str, *, add_special: bool = False) -> list[int]:
         """Ids from `tokenizers`; added-token text (e.g. `<|im_start|>`) maps to its id."""
-        return self.tok.encode(text, add_special_tokens=add_special).ids
+        try:
+            return self.tok.encode(text, add_special_tokens=add_special).ids
+        except (TypeError, UnicodeEncodeError):  # lone surrogates: encode them as U+FFFD
+            if not isinstance(text, str):
+                raise
+            return self.tok.encode(well_formed(text), add_special_tokens=add_special).ids
 
     def encode_batch(self, texts: list[str], *, add_special: bool = False) -> list[list[int]]:
         """`tokenizers`' parallel batch encode."""
-        return [e.ids for e in self.tok.encode_batch(texts, add_special_tokens=add_special)]
+        try:
+            out = self.tok.encode_batch(texts, add_special_tokens=add_special)
+        except (TypeError, UnicodeEncodeError):
+            if not all(isinstance(t, str) for t in texts):
+                raise
+            out = self.tok.encode_batch(
+                [well_formed(t) for t in texts], add_special_tokens=add_special
+            )
+        return [e.ids for e in out]
 
     def decode(self, ids: Iterable[int], *, skip_special: bool = False) -> str:
-        """Text of `ids` through the tokenizer's decoder."""
-        return self.tok.decode([int(i) for i in ids], skip_special_tokens=skip_special)
+        """Text of `ids` through the tokenizer's decoder (invalid UTF-8 becomes U+FFFD)."""
+        ids = [int(i) for i in ids]
+        bad = next((i for i in ids if i < 0), None)
+        if bad is not None:
+            raise unknown_id(bad, self.vocab_size)
+        return self.tok.decode(ids, skip_special_tokens=skip_special)
 
     def id_to_bytes(self, i: int) -> bytes:
         """Raw bytes of token `i` (byte-level alphabet and `<0xNN>` byte tokens undone, `▁` -> space)."""
-        t = self.tok.id_to_token(int(i))
+        t = self.tok.id_to_token(int(i)) if int(i) >= 0 else None
         if t is None:
-            raise TokenizerError(f"token id {i} is outside this vocabulary of {self.vocab_size}")
+            raise unknown_id(i, self.vocab_size)
         if int(i) in self.special_tokens.values():
             return t.encode("utf-8")
         if self._byte_level:

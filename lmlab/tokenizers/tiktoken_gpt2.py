@@ -7,7 +7,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from lmlab.paths import data_dir
-from lmlab.tokenizers.base import Tokenizer, TokenizerError, write_manifest
+from lmlab.tokenizers.base import Tokenizer, TokenizerError, unknown_id, write_manifest
 from lmlab.tokenizers.bpe import ENDOFTEXT, GPT2_PATTERN, read_tiktoken_ranks
 
 GPT2_EOT = 50256
@@ -51,10 +51,15 @@ class TiktokenTokenizer(Tokenizer):
     def decode(self, ids: Iterable[int], *, skip_special: bool = False) -> str:
         """Text of `ids`."""
         ids = [int(i) for i in ids if not (skip_special and int(i) == GPT2_EOT)]
+        bad = next((i for i in ids if not 0 <= i < self.vocab_size), None)
+        if bad is not None:
+            raise unknown_id(bad, self.vocab_size)
         return self.enc.decode(ids, errors="replace")
 
     def id_to_bytes(self, i: int) -> bytes:
         """Bytes of token `i`."""
+        if not 0 <= int(i) < self.vocab_size:
+            raise unknown_id(i, self.vocab_size)
         return self.enc.decode_single_token_bytes(int(i))
 
     @property

@@ -8,6 +8,15 @@ from typing import Any
 from lmlab.config import Config, ConfigError, check_keys, preset
 
 SCHEDULES = ("cosine", "wsd", "constant")
+# settings that cannot change the weights a resumed run computes (up to float rounding where the
+# device or thread count changes); `model`/`model_overrides` are compared as the built model config
+RESUME_FREE = frozenset(
+    {
+        "out_dir", "resume", "allow_change", "progress", "tensorboard", "log_interval",
+        "eval_interval", "eval_iters", "checkpoint_interval", "keep_checkpoints", "threads",
+        "device", "compile", "parallel", "peak_flops", "model", "model_overrides",
+    }
+)  # fmt: skip
 DTYPES = ("float32", "bfloat16")
 PARALLEL = ("ddp", "fsdp")
 
@@ -48,8 +57,14 @@ class TrainConfig:
     eval_iters: int = 20
     log_interval: int = 10
     checkpoint_interval: int = 0  # 0: only at the end
+    keep_checkpoints: int = 2  # newest step-numbered checkpoints kept (older ones are deleted)
     out_dir: str = "runs/train"
     resume: bool = False
+    # settings --resume may change from the checkpoint's (CLI: --allow-change lr,batch_size); any
+    # other difference is refused. Always allowed: those that only say where, how fast or what to
+    # log (RESUME_FREE above), and max_steps with schedule="constant" (cosine and wsd stretch
+    # over max_steps, so a new max_steps changes every later lr: name it to extend such a run)
+    allow_change: list[str] = field(default_factory=list)
     tensorboard: bool = True
     progress: bool = True
     seed: int = 1337
@@ -67,6 +82,7 @@ class TrainConfig:
             "max_steps",
             "eval_iters",
             "log_interval",
+            "keep_checkpoints",
         ):
             if getattr(self, name) < 1:
                 raise ConfigError(f"TrainConfig.{name}={getattr(self, name)!r} must be >= 1")
@@ -91,6 +107,21 @@ class TrainConfig:
                 "fields, e.g. [model_overrides] d_model = 128 (or --model.d_model=128)"
             )
         check_keys(self.model_overrides, Config)
+        if isinstance(self.allow_change, str):
+            self.allow_change = [s for s in self.allow_change.split(",") if s]
+        check_keys(dict.fromkeys(self.allow_change), TrainConfig)
+
+    def resume_changes(self, saved: dict[str, Any]) -> list[tuple[str, Any, Any]]:
+        """(setting, checkpoint value, this value) for each difference `--resume` must refuse."""
+        free = RESUME_FREE | set(self.allow_change)
+        if self.schedule == "constant" == saved.get("schedule"):
+            free |= {"max_steps"}
+        now = self.to_dict()
+        return [
+            (k, saved[k], now[k])
+            for k in now
+            if k in saved and k not in free and saved[k] != now[k]
+        ]
 
     def model_config(self, vocab_size: int | None = None, block_size: int | None = None) -> Config:
         """The model `Config`: the preset, the overrides, then the data's vocab size and block size."""

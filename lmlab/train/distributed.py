@@ -33,7 +33,13 @@ class Dist:
 
 
 def setup(device: str = "auto") -> Dist:
-    """Join the process group torchrun describes (if any) and pick this rank's device."""
+    """Join the process group torchrun describes (if any) and pick this rank's device.
+
+    `device` is "auto" or a torch device name; one this machine lacks raises `DeviceError`."""
+    if device != "auto":
+        from lmlab.devices import check_device
+
+        check_device(device)
     cuda = torch.cuda.is_available() if device == "auto" else device.startswith("cuda")
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank, local = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))

@@ -17,7 +17,7 @@ from torch import nn
 
 from lmlab.config import ConfigError
 from lmlab.data.tokens import IGNORE_INDEX
-from lmlab.errors import LmlabError
+from lmlab.errors import LmlabError, OverwriteError
 from lmlab.train import checkpoint as ckpt
 from lmlab.train import distributed as dist
 from lmlab.train import optimizers
@@ -62,7 +62,7 @@ class Trainer:
         self.schedule = Schedule(self.optimizer, cfg)
         self.net = torch.compile(self.wrapped) if cfg.compile else self.wrapped
         self.out_dir = Path(cfg.out_dir)
-        self.ckpt_path = self.out_dir / ckpt.FILENAME
+        self.ckpt_path: Path | None = None  # the checkpoint last written or resumed from
         # training batches, same on all ranks
         self.generator = torch.Generator().manual_seed(cfg.seed)
         self.step = 0
@@ -103,14 +103,18 @@ class Trainer:
         return state
 
     def save_checkpoint(self) -> None:
+        """Write `out_dir/ckpt_<step>.pt` and its manifest entry, keeping `keep_checkpoints`."""
         state = self.state_dict()
+        self.ckpt_path = self.out_dir / ckpt.step_name(self.step)
         if self.dist.main:
-            ckpt.save(self.ckpt_path, state)
+            ckpt.save_step(self.out_dir, state, self.step, self.cfg.keep_checkpoints)
         dist.barrier(self.dist)
 
-    def load_checkpoint(self, path: str | Path) -> None:
-        """Restore a training state written by `save_checkpoint` (model config must match)."""
-        state = ckpt.load(path)
+    def load_checkpoint(self, path: str | Path, state: dict[str, Any] | None = None) -> None:
+        """Restore a training state written by `save_checkpoint`; the model config must match and
+        every setting must equal the checkpoint's unless it is in `cfg.allow_change`."""
+        state = ckpt.load(path) if state is None else state
+        ckpt.check_settings(self.cfg.resume_changes(state["train_config"]), path)
         ckpt.check_model_config(state["model_config"], self.model.cfg.to_dict(), path)
         if self.cfg.parallel == "fsdp" and self.dist.enabled:
             from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
@@ -131,6 +135,7 @@ class Trainer:
         if "data" in state and hasattr(self.data, "load_state_dict"):
             self.data.load_state_dict(state["data"])
         self.step, self.history = state["step"], list(state["history"])
+        self.ckpt_path = Path(path)
 
     # ------------------------------------------------------------------ loss and evaluation
     def _loss_sum(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -166,13 +171,13 @@ class Trainer:
         """Train until `max_steps` (or a callback says stop); returns the history of records."""
         cfg, d = self.cfg, self.dist
         ckpt.clean_tmp(self.out_dir) if d.main and self.out_dir.is_dir() else None
-        if self.ckpt_path.is_file():
-            if not cfg.resume:
-                raise ConfigError(
-                    f"{self.ckpt_path} exists; pass --resume to continue that run, "
-                    "or choose another out_dir"
-                )
-            self.load_checkpoint(self.ckpt_path)
+        if cfg.resume:
+            self.load_checkpoint(*ckpt.load_latest(self.out_dir, warn=d.main))
+        elif ckpt.exists(self.out_dir):
+            raise OverwriteError(
+                f"{self.out_dir} holds checkpoints of an earlier run; pass --resume to continue "
+                "it, or choose another out_dir"
+            )
         else:
             torch.manual_seed(cfg.seed + d.rank)
         log = MetricsLog(self.out_dir, d.main, cfg.tensorboard, self.step)
@@ -260,13 +265,14 @@ class Trainer:
 
     def _check_finite(self, first_bad: torch.Tensor, lr: float) -> None:
         bad = int(first_bad)
-        if bad >= 0:
-            kept = (
-                f"the last good checkpoint is {self.ckpt_path}"
-                if self.ckpt_path.is_file()
-                else "no checkpoint was written yet"
-            )
-            raise TrainingError(
-                f"loss became non-finite (nan/inf) at step {bad}; {kept} (not overwritten). Try a lower lr "
-                f"(now {lr:.3g}), more warmup_steps, grad_clip > 0 or dtype=float32, then rerun with --resume"
-            )
+        if bad < 0:
+            return
+        if self.ckpt_path is not None:
+            kept = f"the last good checkpoint is {self.ckpt_path} (not overwritten)"
+            then = "continue from it with --resume --allow-change SETTING (e.g. --allow-change lr)"
+        else:
+            kept, then = "no checkpoint was written yet", "start again"
+        raise TrainingError(
+            f"loss became non-finite (nan/inf) at step {bad}; {kept}. Try a lower lr (now "
+            f"{lr:.3g}), more warmup_steps, grad_clip > 0 or dtype=float32, then {then}"
+        )

@@ -1,16 +1,14 @@
 """lmlab checkpoints: a folder with `config.json` (our `Config`) + `model.safetensors` (+ tokenizer).
 
-Written into a temporary sibling folder and renamed into place, so a crash never leaves a
-half-written checkpoint behind. Tensors keep their dtype: save -> load is bit-identical.
+Written through `lmlab.weights.writer.model_files`: staged, then renamed into place file by file,
+`config.json` last, so a crash never leaves a half-written file; only a new or empty folder is
+written unless `overwrite=True`, and other files in the folder are never touched. Tensors keep
+their dtype: save -> load is bit-identical.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import shutil
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -20,6 +18,7 @@ from safetensors.torch import save_file
 from lmlab.config import Config, ConfigError
 from lmlab.weights.errors import WeightsError
 from lmlab.weights.hf_folder import read_json, read_safetensors
+from lmlab.weights.writer import model_files
 
 if TYPE_CHECKING:
     from lmlab.model import Transformer
@@ -49,51 +48,16 @@ def _tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().to("cpu").contiguous() for k, v in sd.items()}
 
 
-@contextmanager
-def replace_folder(folder: str | Path) -> Iterator[Path]:
-    """Yield a temporary sibling folder to fill; on success it atomically takes `folder`'s place.
-
-    Refuses to replace a non-empty folder that is neither an lmlab checkpoint nor an HF export.
-    """
-    folder = Path(folder)
-    if folder.exists() and not (folder.is_dir() and _replaceable(folder)):
-        raise WeightsError(
-            f"{folder} exists and is not a model folder lmlab wrote; refusing to overwrite it: "
-            "choose a new folder or delete it"
-        )
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = folder.with_name(f".{folder.name}.tmp{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
-        yield tmp
-        for f in tmp.iterdir():  # data on disk before the rename makes it visible
-            if f.is_file():
-                with open(f, "rb") as fh:
-                    os.fsync(fh.fileno())
-        old = folder.with_name(f".{folder.name}.old{os.getpid()}")
-        if folder.exists():
-            folder.rename(old)
-        tmp.rename(folder)
-        shutil.rmtree(old, ignore_errors=True)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _replaceable(folder: Path) -> bool:
-    names = {p.name for p in folder.iterdir()}
-    return not names or is_checkpoint(folder) or {"config.json", "model.safetensors"} <= names
-
-
 def save_checkpoint(
     model: Transformer,
     folder: str | Path,
     tokenizer: Tokenizer | None = None,
     *,
     metadata: dict[str, Any] | None = None,
+    overwrite: bool = False,
 ) -> Path:
-    """Write `model` (and `tokenizer`) to `folder` atomically; an existing checkpoint is replaced."""
-    with replace_folder(folder) as tmp:
+    """Write `model` (and `tokenizer`) to a new or empty `folder` (`overwrite`: only these files)."""
+    with model_files(folder, overwrite=overwrite) as tmp:
         meta = {FORMAT_KEY: FORMAT_VERSION, **model.cfg.to_dict()}
         (tmp / "config.json").write_text(json.dumps(meta, indent=2) + "\n")
         info = {"format": "pt", "lmlab": str(FORMAT_VERSION)}

@@ -15,15 +15,19 @@ from typing import TYPE_CHECKING, Any
 from safetensors.torch import save_file
 
 from lmlab.config import Config
-from lmlab.weights.checkpoint import replace_folder
 from lmlab.weights.errors import WeightsError
 from lmlab.weights.hf import config_from_hf, lmlab_to_hf
+from lmlab.weights.writer import model_files
 
 if TYPE_CHECKING:
     from lmlab.model import Transformer
     from lmlab.tokenizers.base import Tokenizer
 
 FAMILIES = ("gpt2", "llama", "mistral")
+LMLAB_FORMAT_HINT = (
+    "write an lmlab checkpoint instead: --format lmlab "
+    "(lmlab.weights.checkpoint.save_checkpoint), which keeps every architecture"
+)
 # fields that do not change what the network computes, so export need not preserve them
 _IGNORED = {"name", "extra", "dropout", "init_std", "pad_token_id", "bos_token_id", "eos_token_id"}
 _GPT2_ACT = {"gelu_tanh": "gelu_new", "gelu": "gelu", "relu": "relu", "quick_gelu": "quick_gelu"}
@@ -55,7 +59,7 @@ def hf_config(cfg: Config) -> dict[str, Any]:
     if cfg.family not in ("llama", "mistral"):
         raise WeightsError(
             f"export to the HF layout supports the {', '.join(FAMILIES)} families, not {cfg.family!r}; "
-            "save an lmlab checkpoint instead (lmlab.save_checkpoint)"
+            f"{LMLAB_FORMAT_HINT}"
         )
     arch = "MistralForCausalLM" if cfg.family == "mistral" else "LlamaForCausalLM"
     out: dict[str, Any] = {
@@ -115,13 +119,22 @@ def check_exportable(cfg: Config) -> dict[str, Any]:
     if diff:
         raise WeightsError(
             f"{cfg.name}: the transformers {hf['model_type']} architecture cannot express "
-            f"{'; '.join(diff)}; save an lmlab checkpoint instead, or export a model without these knobs"
+            f"{'; '.join(diff)}; {LMLAB_FORMAT_HINT}, or export a model without these knobs"
         )
     return hf
 
 
-def export_hf(model: Transformer, folder: str | Path, tokenizer: Tokenizer | None = None) -> Path:
-    """Write `model` as a transformers folder (config.json + model.safetensors [+ tokenizer])."""
+def export_hf(
+    model: Transformer,
+    folder: str | Path,
+    tokenizer: Tokenizer | None = None,
+    *,
+    overwrite: bool = False,
+) -> Path:
+    """Write `model` as a transformers folder (config.json + model.safetensors [+ tokenizer]).
+
+    Only into a new or empty folder unless `overwrite=True`, which replaces just these files.
+    """
     cfg = model.cfg
     hf = check_exportable(cfg)
     sd = model.state_dict()
@@ -132,7 +145,7 @@ def export_hf(model: Transformer, folder: str | Path, tokenizer: Tokenizer | Non
         str(v.dtype).removeprefix("torch.") for v in tensors.values() if v.is_floating_point()
     }
     hf["torch_dtype"] = dtypes.pop() if len(dtypes) == 1 else "float32"
-    with replace_folder(folder) as tmp:
+    with model_files(folder, overwrite=overwrite) as tmp:
         (tmp / "config.json").write_text(json.dumps(hf, indent=2) + "\n")
         save_file(tensors, tmp / "model.safetensors", metadata={"format": "pt"})
         if tokenizer is not None:

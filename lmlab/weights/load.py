@@ -3,7 +3,8 @@ the packaged real models, and hub repository ids.
 
 Resolution order: an existing path; a packaged real model name (`smollm2-135m-instruct`,
 `gemma3-270m`, `minilm-l6`); a preset name (random init); a hub id (`owner/name`, or
-`hf:name` for ids without an owner such as `hf:gpt2`).
+`hf:name` for ids without an owner such as `hf:gpt2`). A training run folder or checkpoint
+(`lmlab train`'s out_dir) is refused with the hint to `lmlab convert` it first.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ def load(
     `dtype=None` keeps what the file stores (GGUF blocks dequantize to float32; presets are
     float32). The model is returned in eval mode; the tokenizer is None when there is none.
     """
-    dtype = _dtype(dtype)
+    dtype = as_dtype(dtype)
     path = Path(source).expanduser()
     if path.exists():
         return load_path(path, dtype=dtype, device=device)
@@ -64,7 +65,8 @@ def _unknown_source(name: str) -> str:
     )
 
 
-def _dtype(dtype: DTypeLike) -> torch.dtype | None:
+def as_dtype(dtype: DTypeLike) -> torch.dtype | None:
+    """`dtype` as a torch floating dtype ("bfloat16", torch.float16, None passes through)."""
     if dtype is None or isinstance(dtype, torch.dtype):
         return dtype
     d = getattr(torch, str(dtype).removeprefix("torch."), None)
@@ -87,6 +89,7 @@ def load_path(
 ) -> tuple[Transformer, Tokenizer | None]:
     """Load from a local `.gguf` file, HF folder or lmlab checkpoint folder."""
     from lmlab.weights.checkpoint import is_checkpoint
+    from lmlab.weights.training import SUFFIXES, convert_hint, is_training_run
 
     path = Path(path)
     if path.is_file():
@@ -94,6 +97,8 @@ def load_path(
             return _load_gguf(path, dtype, device, name)
         if path.suffix == ".safetensors" and (path.parent / "config.json").is_file():
             return load_path(path.parent, dtype=dtype, device=device, name=name)
+        if path.suffix in SUFFIXES:  # torch pickles: a training checkpoint, or a damaged file
+            raise WeightsError(_training_file(path))
         raise WeightsError(
             f"{path}: lmlab reads .gguf files and folders (HF: config.json + *.safetensors, or an "
             "lmlab checkpoint); pass the folder or a .gguf file"
@@ -102,6 +107,8 @@ def load_path(
         return _load_checkpoint(path, dtype, device)
     if (path / "config.json").is_file():
         return _load_hf_folder(path, dtype, device, name)
+    if is_training_run(path):
+        raise WeightsError(convert_hint(path))
     ggufs = sorted(path.glob("*.gguf"))
     if len(ggufs) == 1:
         return _load_gguf(ggufs[0], dtype, device, name)
@@ -113,6 +120,20 @@ def load_path(
         f"{path}: no weights found (no config.json + *.safetensors, no .gguf, not an lmlab "
         "checkpoint); point at a model folder, a .gguf file, a preset name or a hub id"
     )
+
+
+def _training_file(path: Path) -> str:
+    """The error for a torch file: a damaged one, or the hint to convert a training checkpoint."""
+    import zipfile
+
+    from lmlab.weights.training import convert_hint
+
+    if not zipfile.is_zipfile(path):
+        return (
+            f"{path}: not a readable torch checkpoint (empty, truncated or corrupt); use an "
+            "earlier checkpoint of the run or train again"
+        )
+    return convert_hint(path)
 
 
 def _has_gguf_magic(path: Path) -> bool:

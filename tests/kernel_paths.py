@@ -1,0 +1,38 @@
+"""Run a test on an optional CPU kernel's fast path, or on its fallback forced by LMLAB_KERNELS.
+
+Tests of a kernel-dependent path take `path` in PATHS: "fast" skips (naming why, e.g. the missing
+CPU feature) where lmlab does not use the kernel here; "fallback" runs everywhere.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lmlab import kernels
+
+PATHS = ("fast", "fallback")
+
+
+def use_path(path: str, kernel: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Set up `path` for `kernel`: skip "fast" where lmlab does not use it; "fallback" forces every
+    optional kernel off."""
+    if path == "fallback":
+        monkeypatch.setenv(kernels.ENV, "plain")
+        kernels.reset()
+        assert not getattr(kernels.available(), kernel)
+    elif not getattr(kernels.available(), kernel):
+        pytest.skip(f"lmlab does not use {kernel} here: {kernels.reasons()[kernel]}")
+
+
+def spy(monkeypatch: pytest.MonkeyPatch, namespace: str, op: str) -> list[int]:
+    """Record each call of `torch.ops.<namespace>.<op>` (which still runs) in the returned list."""
+    ns = getattr(torch.ops, namespace)
+    real, calls = getattr(ns, op), []
+
+    def wrapper(*args):
+        calls.append(1)
+        return real(*args)
+
+    monkeypatch.setattr(ns, op, wrapper)
+    return calls
