@@ -209,6 +209,12 @@ class Config:
 
     # ------------------------------------------------------------------ derived facts
     @property
+    def pad_id(self) -> int:
+        """The id written into pad slots: `pad_token_id` if it is in the vocabulary, else 0."""
+        pad = self.pad_token_id
+        return pad if pad is not None and 0 <= pad < self.vocab_size else 0
+
+    @property
     def gated(self) -> bool:
         """Whether the MLP has a gate projection (SwiGLU, GeGLU, clamped SwiGLU)."""
         return self.mlp in GATED_MLPS
@@ -631,6 +637,7 @@ register("gpt-oss-tiny")(
         max_seq_len=256,
         rope_original_max_seq_len=64,
         rope_factor=4.0,
+        pad_token_id=None,  # GPT-OSS's 199999 is outside the 512-token vocabulary
     )
 )
 

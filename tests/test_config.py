@@ -77,22 +77,61 @@ def test_unknown_preset_suggests_near_names():
         preset("gpt2-meduim")
 
 
-def test_seed_variants_are_config_switches():
-    """seed-004 ablations: MQA, SwiGLU, QuickGELU, residual scaling, RoPE vs learned."""
-    base = preset("gpt2-tiny")
-    tokens = torch.randint(0, 512, (1, 16))
-    outs = {}
-    for label, change in {
-        "mqa": dict(n_kv_heads=1),
-        "swiglu": dict(mlp="swiglu"),
-        "quick_gelu": dict(mlp="quick_gelu"),
-        "rope": dict(positions="rope"),
-        "residual_scale": dict(residual_scale=0.5),
-        "relu2": dict(mlp="relu2"),
-    }.items():
-        torch.manual_seed(0)
-        m = Transformer(base.replace(**change))
-        outs[label] = m(tokens)
-        assert outs[label].shape == (1, 16, 512) and torch.isfinite(outs[label]).all()
-    assert Transformer(base.replace(n_kv_heads=1)).blocks[0].attn.k.weight.shape == (64, 256)
-    assert Transformer(base.replace(positions="rope")).pos_embed is None
+def _cached(change: dict, names: list[str]) -> tuple[Transformer, dict[str, torch.Tensor]]:
+    """gpt2-tiny with one knob changed, run on fixed tokens, with the named activations recorded."""
+    torch.manual_seed(0)
+    model = Transformer(preset("gpt2-tiny").replace(**change)).eval()
+    tokens = torch.randint(0, 512, (2, 16), generator=torch.Generator().manual_seed(1))
+    logits, cache = model.run_with_cache(tokens, names_filter=names)
+    assert logits.shape == (2, 16, 512) and torch.isfinite(logits).all()
+    return model, {n: cache[n] for n in names}
+
+
+@pytest.mark.parametrize(
+    ("mlp", "formula"),
+    [
+        ("quick_gelu", lambda pre, _: pre * torch.sigmoid(1.702 * pre)),
+        ("relu2", lambda pre, _: torch.relu(pre).square()),
+        ("swiglu", lambda gate, up: torch.nn.functional.silu(gate) * up),
+        ("gelu_tanh", lambda pre, _: torch.nn.functional.gelu(pre, approximate="tanh")),
+    ],
+)
+def test_seed_mlp_variants_apply_their_formula(one_thread, mlp, formula):
+    """seed-004 ablations: what enters the down projection is the variant's activation of hook_pre."""
+    names = ["blocks.0.mlp.hook_pre", "blocks.0.mlp.hook_post"]
+    gated = mlp == "swiglu"
+    model, acts = _cached({"mlp": mlp}, names + ["blocks.0.mlp.hook_pre_linear"] * gated)
+    pre, post = acts[names[0]], acts[names[1]]
+    up = acts.get("blocks.0.mlp.hook_pre_linear")
+    # the nonlinear range is exercised, not only the near-linear part around 0
+    assert pre.abs().max() > 0.5
+    torch.testing.assert_close(post, formula(pre, up))
+    assert (model.blocks[0].mlp.gate is not None) == gated
+
+
+def test_seed_residual_scale_scales_both_branches(one_thread):
+    """residual_scale s: resid_mid = resid_pre + s * attn_out and resid_post = resid_mid + s * mlp_out."""
+    s = 0.5
+    names = [
+        f"blocks.1.hook_{n}"
+        for n in ("resid_pre", "attn_out", "resid_mid", "mlp_out", "resid_post")
+    ]
+    _, a = _cached({"residual_scale": s}, names)
+    pre, attn, mid, mlp, post = (a[n] for n in names)
+    # branches big enough to tell s from 1
+    assert attn.abs().max() > 1e-3 and mlp.abs().max() > 1e-3
+    torch.testing.assert_close(mid - pre, s * attn, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(post - mid, s * mlp, rtol=1e-4, atol=1e-6)
+
+
+def test_seed_attention_variants_are_config_switches(one_thread):
+    """MQA has one key/value head; RoPE drops the position table and rotates q, k by position."""
+    mqa = Transformer(preset("gpt2-tiny").replace(n_kv_heads=1))
+    assert mqa.blocks[0].attn.k.weight.shape == (64, 256) == mqa.blocks[0].attn.v.weight.shape
+    names = ["blocks.0.attn.hook_q", "blocks.0.attn.hook_rot_q"]
+    model, a = _cached({"positions": "rope"}, names)
+    assert model.pos_embed is None
+    q, rot = a[names[0]], a[names[1]]  # [B, T, H, D]
+    torch.testing.assert_close(rot[:, 0], q[:, 0])  # position 0: no rotation
+    assert (rot[:, 1:] - q[:, 1:]).abs().amax() > 1e-2  # later positions are rotated
+    torch.testing.assert_close(rot.norm(dim=-1), q.norm(dim=-1))  # a rotation keeps lengths

@@ -20,7 +20,8 @@ from lmlab.finetune import (
     train_classifier,
 )
 from lmlab.finetune.classify import residual_at
-from lmlab.finetune.data import LabeledTexts
+from lmlab.finetune.data import LabeledTexts, drop_duplicates, overlap
+from lmlab.finetune.pipeline import DataSpec, prepare_splits, sms_spam_splits
 from lmlab.finetune.sft import IGNORE_INDEX, SFTConfig, sft_batch, sft_example, sft_loss, train_sft
 from lmlab.peft import apply_lora
 from lmlab.tokenizers.char import CharTokenizer
@@ -53,6 +54,39 @@ def test_balance_and_split() -> None:
     assert sorted(t for p in parts for t in p.texts) == sorted(bal.texts)
     with pytest.raises(ValueError, match="sum to 1"):
         split(bal, (0.5, 0.2))
+
+
+def test_drop_duplicates_keeps_first_and_counts() -> None:
+    d = LabeledTexts(["a", "b", "a", "c", "b", "a"], [0, 1, 1, 0, 1, 0], ["x", "y"])
+    u = drop_duplicates(d)
+    assert (u.texts, u.labels, u.duplicates_removed) == (["a", "b", "c"], [0, 1, 0], 3)
+    assert u.subset([0, 1]).duplicates_removed == 3  # carried by every part of a split
+    assert overlap(d, LabeledTexts(["c", "z", "a"], [0, 0, 0], d.names)) == 2
+
+
+def test_prepare_splits_drops_duplicates_before_splitting(tmp_path) -> None:
+    path = tmp_path / "dup.tsv"
+    lines = [f"{'spam' if i % 2 else 'ham'}\tmessage {i % 40}" for i in range(200)]
+    path.write_text("\n".join(lines) + "\n")
+    spec = DataSpec(str(path), columns=["label", "text"], labels=["ham", "spam"], seed=1)
+    train, val, test = prepare_splits(spec)
+    assert len(train) + len(val) + len(test) == 40
+    assert train.duplicates_removed == 160
+    assert overlap(train, test) == overlap(train, val) == overlap(val, test) == 0
+    spec.dedupe = False  # the old behaviour: copies land on both sides of the split
+    train, _, test = prepare_splits(spec)
+    assert train.duplicates_removed == 0 and overlap(train, test) > 0
+
+
+def test_sms_spam_splits_share_no_text(shared_data) -> None:
+    from tests.conftest import data_file
+
+    data_file(shared_data, "sms_spam_collection.tsv")
+    train, val, test = sms_spam_splits("sms_spam_collection.tsv", 0, 123)
+    assert train.duplicates_removed == 403  # 281 distinct texts occur more than once
+    assert overlap(train, test) == overlap(train, val) == overlap(val, test) == 0
+    assert len(set(train.texts + val.texts + test.texts)) == len(train) + len(val) + len(test)
+    assert train.counts()["ham"] == pytest.approx(train.counts()["spam"], abs=25)
 
 
 def test_metrics_and_confusion_png(tmp_path) -> None:

@@ -62,7 +62,7 @@ def test_chat_second_turn_sees_the_first(smollm2, monkeypatch, capsys):
     """`lmlab chat`: answers stream, and turn 2's prompt holds turn 1 (question and answer)."""
     import builtins
 
-    import lmlab.generate
+    import lmlab.generate.chat as chat_lib
     from lmlab.commands import chat
 
     model, tok, _ = smollm2
@@ -76,14 +76,14 @@ def test_chat_second_turn_sees_the_first(smollm2, monkeypatch, capsys):
             raise EOFError from None
 
     seen = []
-    real = lmlab.generate.stream_generate
+    real = chat_lib.stream_generate
 
     def spy(model, ids, tok, **kw):
         seen.append(tok.decode(ids))
         yield from real(model, ids, tok, **kw)
 
     monkeypatch.setattr(builtins, "input", fake_input)
-    monkeypatch.setattr(lmlab.generate, "stream_generate", spy)
+    monkeypatch.setattr(chat_lib, "stream_generate", spy)  # the library Chat the CLI drives
     args = chat.build_args(["--model", "smollm2-135m-instruct", "--max-new-tokens", "32"])
     assert chat.main(args) == 0
     out = capsys.readouterr().out

@@ -46,9 +46,7 @@ FAMILIES = ["llama-tiny", "gpt2-tiny", "mistral-tiny", "gemma3-tiny", "gpt-oss-t
 
 def tiny(name: str = "llama-tiny", seed: int = 0) -> lmlab.Transformer:
     torch.manual_seed(seed)
-    # gpt-oss-tiny inherits pad id 199999 (outside its 512 tokens); generate() pads with it
-    extra = {"pad_token_id": 0} if name == "gpt-oss-tiny" else {}
-    return lmlab.Transformer(lmlab.preset(name, **extra)).eval()
+    return lmlab.Transformer(lmlab.preset(name)).eval()
 
 
 def ids(B: int = 2, T: int = 12, seed: int = 1) -> torch.Tensor:

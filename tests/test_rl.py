@@ -322,29 +322,68 @@ def test_cli_grpo_tiny_run_and_resume(tmp_path, capsys):
     assert [json.loads(x)["step"] for x in lines] == [1, 2]
 
 
-def test_recipe_grpo_arithmetic_tiny(tmp_path):
+def test_recipe_grpo_arithmetic_step_favours_rewarded_completions(tmp_path, monkeypatch):
+    """One step of the recipe's GRPO (its loss, lr and trainable blocks) on SmolLM2: within each
+    prompt's group, completions that score above the group's mean (correctness + 0.5 format, scored
+    here, not by the trainer) gain log-probability and the others lose it, so the group's reward
+    weighted by the policy's probabilities of its completions rises. Measured: +1.9 / -1.9 nats."""
     smollm2_or_skip()
     from lmlab import recipes
+    from lmlab.rl.grpo import token_logprobs
     from lmlab.runs import RunDir
 
+    def seq_logps(model, ro) -> torch.Tensor:
+        with torch.no_grad():
+            logp, _ = token_logprobs(model.eval(), ro.tokens, ro.attention_mask, ro.n_completion,
+                                     0.8, prefix=ro.prefix)  # fmt: skip
+        return (logp * ro.completion_mask).sum(1).view(-1, ro.group_size)
+
+    def scores(rows: list[dict], texts: list[str]) -> torch.Tensor:
+        answers = [r["answer"] for r in rows for _ in range(len(texts) // len(rows))]
+        right = numeric_correctness([], texts, answer=answers)
+        return torch.tensor(right) + 0.5 * torch.tensor(format_reward([], texts))
+
+    seen, sample_rows, optimize = [], GRPOTrainer.sample_rows, GRPOTrainer.optimize
+
+    def spy_rows(self):
+        seen.append(sample_rows(self))
+        return seen[-1]
+
+    def spy_optimize(self, ro, advantages):
+        before = seq_logps(self.model, ro)
+        stats = optimize(self, ro, advantages)
+        reward = scores(seen[-1], self.decode(ro.completions)).view(-1, ro.group_size)
+        seen.append((reward - reward.mean(1, keepdim=True), before, seq_logps(self.model, ro)))
+        return stats
+
+    monkeypatch.setattr(GRPOTrainer, "sample_rows", spy_rows)
+    monkeypatch.setattr(GRPOTrainer, "optimize", spy_optimize)
     mod = recipes.get("grpo-arithmetic")
     out = RunDir.create("grpo-arithmetic", tmp_path)
-    m = mod.run(mod.Config(steps=1, num_generations=2, prompts_per_step=1, max_new_tokens=3, eval_size=2,
-                           trainable="last:1"), out)  # fmt: skip
+    m = mod.run(mod.Config(steps=1, num_generations=6, prompts_per_step=2, max_new_tokens=24,
+                           eval_size=2, temperature=0.8), out)  # fmt: skip
+    [_, (centered, before, after)] = seen
+    varied = centered.abs().sum(1) > 0
+    assert varied.any(), centered  # at least one group has rewards to compare (else no signal)
+    delta = after - before
+    assert delta[centered > 0].mean() > 0.1 and delta[centered < 0].mean() < -0.1, (centered, delta)
+    weighted = [(torch.softmax(lp[varied], 1) * centered[varied]).sum(1) for lp in (before, after)]
+    assert (weighted[1] > weighted[0]).all(), weighted
     assert 0 <= m["correctness_after"] <= 1 and 0 <= m["format_after"] <= 1
     report = out.file("report.md").read_text()
     assert "| before |" in report and (out.path / "rewards.png").stat().st_size > 1000
 
 
 @pytest.mark.slow
-def test_recipe_grpo_addition_gains_10_points_in_200_steps(tmp_path):
-    """The acceptance run, halved: GRPO alone lifts the under-trained addition GPT (the full default
-    run: 35.4% -> 93.2% in 400 steps; here 200 steps measured 35.0% -> 53.8% on 500 pairs)."""
+def test_recipe_grpo_addition_gains_10_points_in_400_steps(tmp_path):
+    """The acceptance run on 500 test pairs: GRPO alone lifts the under-trained addition GPT. The
+    trajectory depends on the CPU's float rounding: 400 steps measured 35.0% -> 53.4% on an AMD
+    EPYC (200 steps: only +7.0 there, +18.8 on a Xeon), so the test runs the full 400 (GRPO ~30 s)."""
     from lmlab import recipes
     from lmlab.runs import RunDir
 
     mod = recipes.get("grpo-addition")
     out = RunDir.create("grpo-addition", tmp_path)
-    m = mod.run(mod.Config(grpo_steps=200, n_test=500), out)
+    m = mod.run(mod.Config(grpo_steps=400, n_test=500), out)
     assert m["exact_match_before"] < 0.7 and m["gain_points"] >= 10, m
     assert "Gain:" in out.file("report.md").read_text()

@@ -148,16 +148,32 @@ def test_logistic_accuracy_separates_separable_data():
     assert logistic_accuracy(x[:150], y[:150], x[150:], y[150:]) >= 0.95
 
 
-def test_recipe_writes_table_and_answers(minilm, shared_data, tmp_path):
+def test_recipe_sinks_bring_sparse_embeddings_closer_to_dense(minilm, shared_data, tmp_path):
+    """Window-k attention drifts from the dense embeddings; keeping [CLS]/[SEP] as sinks brings them
+    back. Measured (40 texts, 16 held out): cosine to dense k=2 0.446 -> 0.829 with sinks, k=8
+    0.806 -> 0.953; dense spam accuracy 87.5%, sparse 87.5-93.8%."""
     from lmlab.recipes import sparse_sinks as recipe
     from lmlab.runs import RunDir
 
     data_file(shared_data, "sms_spam_collection.tsv")
     cfg = recipe.Config(
-        windows=(2,), sinks=("none", "cls_sep"), schedules=("ssssss",), per_class=20
+        windows=(2, 8), sinks=("none", "cls_sep"), schedules=("ssssss",), per_class=20
     )
     out = RunDir.create("sparse-sinks", tmp_path)
     m = recipe.run(cfg, out)
-    assert len(m["rows"]) == 2 and "cls_sep" in m["sink_effect"]
+    rows = {(r["window"], r["sinks"]): r for r in m["rows"]}
+    assert len(rows) == 4
+    for k in (2, 8):
+        none, sinks = rows[(k, "none")], rows[(k, "cls_sep")]
+        assert sinks["cosine"] > none["cosine"] + 0.1, (k, none, sinks)  # sinks: closer to dense
+        assert none["cost"] < sinks["cost"] < 1.0  # the sinks' columns cost a little
+    for s in ("none", "cls_sep"):  # a wider window is closer to dense and costs more
+        assert rows[(2, s)]["cosine"] < rows[(8, s)]["cosine"] < 0.999
+        assert rows[(2, s)]["cost"] < rows[(8, s)]["cost"]
+    effect = m["sink_effect"]["cls_sep"]
+    assert effect["wins_cosine"] == effect["pairs"] == 2 and effect["cosine_gain"] > 0.15
+    assert m["dense_accuracy"] >= 0.75 and all(
+        r["accuracy"] >= 0.7 for r in m["rows"]
+    )  # chance 0.5
     assert "Does keeping the sinks matter" in out.file("report.md").read_text()
     assert out.file("sparse_sinks.png").stat().st_size > 0

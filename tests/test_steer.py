@@ -17,9 +17,7 @@ torch.set_num_threads(1)  # on a shared 2-core machine, two threads contend and 
 
 def tiny(name: str) -> Transformer:
     torch.manual_seed(0)
-    # gpt-oss-tiny keeps GPT-OSS's pad id 199999, outside its 512-token vocabulary: generate() would
-    # index past the embedding when left-padding, so pad with 0 here (reported to the lead).
-    return Transformer(preset(name, pad_token_id=None)).eval()
+    return Transformer(preset(name)).eval()
 
 
 def vec(model: Transformer, layer: int = 1, scale: float = 4.0, seed: int = 1) -> SteeringVector:

@@ -18,7 +18,7 @@ torch.set_num_threads(1)  # on a shared 2-core machine, two threads contend and 
 
 def tiny(name: str) -> Transformer:
     torch.manual_seed(0)
-    return Transformer(preset(name, pad_token_id=None)).eval()
+    return Transformer(preset(name)).eval()
 
 
 @pytest.mark.parametrize("name", ["gpt2-tiny", "gpt-oss-tiny"])

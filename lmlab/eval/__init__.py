@@ -1,5 +1,6 @@
-"""Evaluation: perplexity over a text and HellaSwag-style multiple-choice scoring."""
+"""Evaluation: perplexity, HellaSwag-style multiple-choice scoring, bootstrap intervals."""
 
+from lmlab.eval.bootstrap import bootstrap_ci, format_ci
 from lmlab.eval.choice import ChoiceItem, ChoiceResult, read_hellaswag, score_choices
 from lmlab.eval.perplexity import PerplexityResult, perplexity, sliding_windows
 
@@ -7,6 +8,8 @@ __all__ = [
     "ChoiceItem",
     "ChoiceResult",
     "PerplexityResult",
+    "bootstrap_ci",
+    "format_ci",
     "perplexity",
     "read_hellaswag",
     "score_choices",

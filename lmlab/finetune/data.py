@@ -16,13 +16,17 @@ class LabeledTexts:
     texts: list[str]
     labels: list[int]
     names: list[str]
+    duplicates_removed: int = 0  # exact-duplicate texts dropped from the source before splitting
 
     def __len__(self) -> int:
         return len(self.texts)
 
     def subset(self, index: list[int]) -> LabeledTexts:
         return LabeledTexts(
-            [self.texts[i] for i in index], [self.labels[i] for i in index], self.names
+            [self.texts[i] for i in index],
+            [self.labels[i] for i in index],
+            self.names,
+            self.duplicates_removed,
         )
 
     def counts(self) -> dict[str, int]:
@@ -84,6 +88,25 @@ def load_labeled(
         raise ValueError(f"labels {unknown[:5]} in {path} are not in label_map {label_map}")
     names = [n for n, _ in sorted(label_map.items(), key=lambda kv: kv[1])]
     return LabeledTexts([str(r[text_column]) for r in rows], [label_map[y] for y in raw], names)
+
+
+def drop_duplicates(data: LabeledTexts) -> LabeledTexts:
+    """Keep the first occurrence of every exact text; the count dropped is in `duplicates_removed`."""
+    seen: set[str] = set()
+    keep = []
+    for i, t in enumerate(data.texts):
+        if t not in seen:
+            seen.add(t)
+            keep.append(i)
+    out = data.subset(keep)
+    out.duplicates_removed = data.duplicates_removed + len(data) - len(keep)
+    return out
+
+
+def overlap(a: LabeledTexts, b: LabeledTexts) -> int:
+    """How many texts of `b` also appear (exactly) in `a`."""
+    seen = set(a.texts)
+    return sum(1 for t in b.texts if t in seen)
 
 
 def balance(data: LabeledTexts, seed: int = 0) -> LabeledTexts:

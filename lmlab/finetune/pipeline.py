@@ -12,13 +12,21 @@ from pathlib import Path
 import torch
 
 from lmlab.config import ConfigError
+from lmlab.eval.bootstrap import bootstrap_ci
 from lmlab.finetune.classify import (
     ClassifyConfig,
     ClassifyResult,
     SequenceClassifier,
     train_classifier,
 )
-from lmlab.finetune.data import LabeledTexts, balance, load_labeled, split
+from lmlab.finetune.data import (
+    LabeledTexts,
+    balance,
+    drop_duplicates,
+    load_labeled,
+    overlap,
+    split,
+)
 from lmlab.finetune.metrics import plot_confusion
 from lmlab.runs import RunDir
 
@@ -36,10 +44,12 @@ class DataSpec:
     fractions: tuple[float, ...] = (0.7, 0.1, 0.2)
     per_class: int = 0  # > 0: keep at most this many examples per class (quick runs)
     seed: int = 123
+    dedupe: bool = True  # drop exact-duplicate texts before balancing and splitting
 
 
 def prepare_splits(spec: DataSpec) -> list[LabeledTexts]:
-    """train/val/test (or as many parts as `fractions`) from the file, balanced when asked."""
+    """train/val/test (or as many parts as `fractions`) from the file, deduplicated and balanced
+    when asked; with `dedupe` no text of a later part appears in an earlier one."""
     label_map = {n: i for i, n in enumerate(spec.labels)} if spec.labels else None
     data = load_labeled(
         spec.path,
@@ -48,14 +58,24 @@ def prepare_splits(spec: DataSpec) -> list[LabeledTexts]:
         columns=spec.columns,
         label_map=label_map,
     )
+    if spec.dedupe:
+        data = drop_duplicates(data)
     if spec.balanced:
         data = balance(data, spec.seed)
     if spec.per_class > 0:
         data = _cap(data, spec.per_class)
-    return split(data, tuple(spec.fractions), spec.seed)
+    parts = split(data, tuple(spec.fractions), spec.seed)
+    if spec.dedupe:
+        for i, a in enumerate(parts):
+            for b in parts[i + 1 :]:
+                if overlap(a, b):
+                    raise AssertionError("deduplicated splits share texts; this is a bug")
+    return parts
 
 
-def sms_spam_splits(name: str, per_class: int, seed: int) -> list[LabeledTexts]:
+def sms_spam_splits(
+    name: str, per_class: int, seed: int, dedupe: bool = True
+) -> list[LabeledTexts]:
     """Balanced 70/10/20 ham/spam splits of a label<TAB>text file in the data folder."""
     from lmlab.paths import data_dir
 
@@ -65,7 +85,12 @@ def sms_spam_splits(name: str, per_class: int, seed: int) -> list[LabeledTexts]:
             f"{path} not found; put {name} (label<TAB>text lines) into {data_dir()}"
         )
     spec = DataSpec(
-        str(path), columns=["label", "text"], labels=["ham", "spam"], per_class=per_class, seed=seed
+        str(path),
+        columns=["label", "text"],
+        labels=["ham", "spam"],
+        per_class=per_class,
+        seed=seed,
+        dedupe=dedupe,
     )
     return prepare_splits(spec)
 
@@ -105,8 +130,14 @@ def classify_and_report(
     total = time.perf_counter() - t0
     plot_confusion(res.test, out.file("confusion.png"), f"test accuracy {res.test.accuracy:.2%}")
     _plot_history(res.history, out.file("training.png"))
+    test_in_train = overlap(train, test)
+    conf = res.test.confusion
+    n_right = sum(conf[i][i] for i in range(len(conf)))
+    correct = [1] * n_right + [0] * (sum(map(sum, conf)) - n_right)  # order does not matter
+    acc_ci = bootstrap_ci(correct, seed=cfg.seed)
     metrics = {
         "test_accuracy": res.test.accuracy,
+        "test_accuracy_ci95": list(acc_ci),
         "val_accuracy": res.val.accuracy if res.val else None,
         "test": res.test.as_dict(),
         "history": res.history,
@@ -115,16 +146,20 @@ def classify_and_report(
         "cached_frozen_blocks": res.frozen_layers,
         "sizes": {"train": len(train), "val": len(val) if val else 0, "test": len(test)},
         "train_counts": train.counts(),
+        "duplicates_removed": train.duplicates_removed,
+        "test_texts_in_train": test_in_train,
     }
     val_line = f"{res.val.accuracy:.2%}" if res.val else "n/a"
     report = f"""# {title}
 
 Train / val / test: {len(train)} / {len(val) if val else 0} / {len(test)} examples
-(train classes {train.counts()}).
+(train classes {train.counts()}). Exact-duplicate texts removed before splitting:
+{train.duplicates_removed}; test texts that also appear in train: {test_in_train}.
+Nothing is chosen on the test split (the validation split is only reported per epoch).
 
 | metric | value |
 |---|---|
-| test accuracy | **{res.test.accuracy:.2%}** |
+| test accuracy | **{res.test.accuracy:.2%}** (bootstrap 95% interval {acc_ci[0]:.2%} - {acc_ci[1]:.2%}) |
 | val accuracy | {val_line} |
 | wall time (caching + training + eval) | {total:.0f} s |
 | trainable parameters | {res.trainable_params:,} |

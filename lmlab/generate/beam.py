@@ -54,7 +54,7 @@ def beam_search(
         )
     device = next(model.parameters()).device
     P, K = len(ids), num_beams
-    pad = model.cfg.pad_token_id if model.cfg.pad_token_id is not None else 0
+    pad = model.cfg.pad_id  # pads are masked: any id inside the vocabulary works
     tokens, mask = left_pad([row for row in ids for _ in range(K)], pad)
     cache = KVCache(model, P * K, tokens.shape[1] + max_new_tokens)
     logits = model(tokens.to(device), attention_mask=mask.to(device), cache=cache)[:, -1]

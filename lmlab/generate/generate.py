@@ -176,7 +176,7 @@ def decode_steps(
     compile: decode through `torch.compile` over a static cache (the prefill stays eager).
     """
     device = next(model.parameters()).device
-    pad = model.cfg.pad_token_id if model.cfg.pad_token_id is not None else 0
+    pad = model.cfg.pad_id  # pads are masked: any id inside the vocabulary works
     tokens, mask = left_pad(ids, pad)
     tokens, mask = tokens.to(device), mask.to(device)
     needed = tokens.shape[1] + max_new_tokens - 1  # the last new token is never fed back

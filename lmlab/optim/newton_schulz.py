@@ -236,3 +236,121 @@ def find_coefficients(
             a_hi = mid
     coeffs = (float(a_lo), float(bc_lo[0]), float(bc_lo[1]))
     return SearchResult(coeffs, m_lo, obj, evals)
+
+
+# ---------------------------------------------------------------------------- symmetric-band search
+
+
+def symmetric_objective(delta: float, eps: float = 0.01, steps: int = 5) -> Objective:
+    """The band [1 - delta, 1 + delta] around 1 for every x in [eps, 1] after `steps` steps."""
+    if not 0 < delta < 1:
+        raise ValueError(
+            f"delta={delta}: a symmetric band [1 - delta, 1 + delta] needs 0 < delta < 1"
+        )
+    return Objective(eps, 1.0 - delta, 1.0 + delta, steps)
+
+
+def _zoom_min_margin(
+    a: float,
+    obj: Objective,
+    x: np.ndarray,
+    centre: tuple[float, float],
+    half: tuple[float, float],
+    n: int = 33,
+    zooms: int = 5,
+) -> tuple[np.ndarray, float, int]:
+    """Smallest band margin over (b, c) at slope `a`: an n x n grid, re-centred and shrunk 4x each zoom."""
+    (cb, cc), (hb, hc) = centre, half
+    best, evals = (np.array([cb, cc]), np.inf), 0
+    for _ in range(zooms):
+        bs, cs = np.linspace(cb - hb, cb + hb, n), np.linspace(cc - hc, cc + hc, n)
+        m = _grid_margins(a, bs, cs, x, obj)
+        evals += m.size
+        i, j = np.unravel_index(np.argmin(m), m.shape)
+        if m[i, j] < best[1]:
+            best = (np.array([bs[i], cs[j]]), float(m[i, j]))
+        cb, cc = best[0]
+        hb, hc = hb / 4, hc / 4
+    return best[0], best[1], evals
+
+
+def max_slope(
+    obj: Objective,
+    a_range: tuple[float, float] = (2.0, 5.0),
+    a_step: float = 0.1,
+    b_range: tuple[float, float] = (-14.0, 0.0),
+    c_range: tuple[float, float] = (0.0, 9.0),
+    safety: float = 2e-4,
+    n_x: int = 1000,
+    tol: float = 1e-4,
+) -> SearchResult:
+    """Largest slope a = p'(0) whose (b, c) keep the `obj.steps`-fold map of [eps, 1] inside
+    [lo + safety, hi - safety] on an `n_x`-point grid: an a-scan with zoomed (b, c) grids, then
+    bisection on a (to `tol`). The safety margin covers the gaps between grid points."""
+    x = _search_grid(obj, n_x)
+    centre = (0.5 * sum(b_range), 0.5 * sum(c_range))
+    half = (0.5 * (b_range[1] - b_range[0]), 0.5 * (c_range[1] - c_range[0]))
+    evals, best = 0, None
+    for a in np.arange(a_range[0], a_range[1] + 1e-9, a_step):
+        bc, m, n = _zoom_min_margin(float(a), obj, x, centre, half, n=31, zooms=3)
+        evals += n
+        if m <= -safety:
+            best = (float(a), bc, m)
+    if best is None:
+        raise ValueError(
+            f"no coefficients with a in {a_range}, b in {b_range}, c in {c_range} satisfy {obj}; "
+            "widen the band, raise eps or allow more steps"
+        )
+    a_lo, bc_lo, m_lo = best
+    local = (0.5, 0.5)
+    bc_lo, m_lo, n = _zoom_min_margin(a_lo, obj, x, tuple(bc_lo), local, zooms=6)
+    evals += n
+    for _ in range(100):  # bisect on [a_lo, a_lo + a_step]; the coarse scan can miss a thin
+        top = a_hi = a_lo + a_step  # feasible set, so a bracket whose top is reached moves up
+        while a_hi - a_lo > tol:
+            mid = 0.5 * (a_lo + a_hi)
+            bc, m, n = _zoom_min_margin(mid, obj, x, tuple(bc_lo), local, zooms=6)
+            evals += n
+            if m <= -safety:
+                a_lo, bc_lo, m_lo = mid, bc, m
+            else:
+                a_hi = mid
+        if top - a_lo > 2 * tol:
+            break
+        bc, m, n = _zoom_min_margin(top, obj, x, tuple(bc_lo), local, zooms=6)
+        evals += n
+        if m > -safety:
+            break
+        a_lo, bc_lo, m_lo = top, bc, m
+    return SearchResult((float(a_lo), float(bc_lo[0]), float(bc_lo[1])), m_lo, obj, evals)
+
+
+def reach(
+    coeffs: Coeffs, lo: float, hi: float, steps: int = 5, x_min: float = 1e-6, n: int = 200_001
+) -> float:
+    """Smallest x0 such that the `steps`-fold map sends every grid point of [x0, 1] into [lo, hi]
+    (1.0 when even x = 1 misses the band)."""
+    x = dense_grid(x_min, 1.0, n)
+    y = iterate(x, coeffs, steps)
+    bad = np.flatnonzero(~((y >= lo) & (y <= hi)))
+    if len(bad) == 0:
+        return float(x[0])
+    return float(x[bad[-1] + 1]) if bad[-1] + 1 < len(x) else 1.0
+
+
+def tightest_band(coeffs: Coeffs, eps: float = 0.01, steps: int = 5) -> float:
+    """The smallest delta with the `steps`-fold map of [eps, 1] inside [1 - delta, 1 + delta]."""
+    lo, hi = image(coeffs, eps, 1.0, steps)
+    return max(1.0 - lo, hi - 1.0)
+
+
+def sv_errors(out: torch.Tensor) -> dict[str, float]:
+    """Orthogonality errors of a (batch of) matrix: worst / median |sigma - 1| and ||O O^T - I||_2."""
+    sv = torch.linalg.svdvals(out.double()).flatten()
+    dev = (sv - 1).abs()
+    return {
+        "worst": float(dev.max()),
+        "median": float(dev.median()),
+        "mean": float(dev.mean()),
+        "gram": float((sv * sv - 1).abs().max()),  # ||O O^T - I||_2 on the smaller side
+    }

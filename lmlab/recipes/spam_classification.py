@@ -12,7 +12,9 @@ from lmlab.runs import RunDir
 
 SUMMARY = "SMS spam classification: SmolLM2-135M-Instruct (or GPT-2) + head on the last token, balanced 70/10/20"
 
-GPT2_REFERENCE = 0.9567  # GPT-2 124M, last block + final norm + head, same data recipe
+# A literature figure, not measured here: GPT-2 124M (last block + final norm + head) on a balanced
+# split of this data set, as reported in the source material. Shown in the report as a citation only.
+GPT2_REFERENCE = 0.9567
 
 
 @dataclass
@@ -29,6 +31,7 @@ class Config:
     head_lr: float = 1e-3
     train_blocks: int = 2
     seed: int = 123
+    dedupe: bool = True  # drop exact-duplicate messages before balancing and splitting
     threads: int = 1  # 0: torch's default; on a shared 2-core CPU a 2nd thread spins, ~3x slower
 
 
@@ -61,19 +64,18 @@ def run(cfg: Config, out: RunDir) -> dict:
 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    parts = sms_spam_splits(cfg.data, cfg.per_class, cfg.seed)
+    parts = sms_spam_splits(cfg.data, cfg.per_class, cfg.seed, cfg.dedupe)
     model, tok = load_pretrained(cfg.model)
     if cfg.n_layers:
         keep_blocks(model, cfg.n_layers)
     ccfg = ClassifyConfig.from_settings(cfg)
     metrics, res = classify_and_report(model, tok, parts, ccfg, out, title(cfg))
-    metrics["gpt2_124m_reference"] = GPT2_REFERENCE
-    metrics["beats_reference"] = res.test.accuracy > GPT2_REFERENCE
     with open(out.file("report.md"), "a", encoding="utf-8") as f:
         f.write(
-            f"\nReference: GPT-2 124M (last block + final norm + head) reaches {GPT2_REFERENCE:.2%} on this "
-            f"data recipe; this run: {res.test.accuracy:.2%} "
-            f"({'beats' if metrics['beats_reference'] else 'does not beat'} it).\n"
+            f"\nCitation, not a measurement: {GPT2_REFERENCE:.2%} test accuracy is reported in the "
+            "source material for GPT-2 124M (last block + final norm + head, balanced split of "
+            "this data set), not measured here; that split may differ from this one (which drops "
+            "duplicate messages first), so the two are not directly comparable.\n"
         )
     print(
         f"spam-classification: test accuracy {res.test.accuracy:.2%} in {metrics['seconds']:.0f} s"

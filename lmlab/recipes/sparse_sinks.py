@@ -92,7 +92,7 @@ def run(cfg: Config, out: RunDir) -> dict:
     ids = [tok.encode(t, add_special=True)[: cfg.max_len] for t in texts]
     if any(len(i) == cfg.max_len for i in ids):  # keep [SEP] last after truncation
         ids = [i if len(i) < cfg.max_len else [*i[:-1], ids[0][-1]] for i in ids]
-    batches, order = pad_batches(ids, cfg.batch_size, pad_id=model.cfg.pad_token_id or 0)
+    batches, order = pad_batches(ids, cfg.batch_size, pad_id=model.cfg.pad_id)
     y, te = labels[order], test[order]
 
     def score(enc) -> float:

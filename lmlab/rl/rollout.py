@@ -86,7 +86,7 @@ def rollout(
     check_context(model, max(map(len, prompts)), max_new_tokens)
     device = next(model.parameters()).device
     sampling = SamplingConfig(temperature, top_k, top_p)
-    pad = model.cfg.pad_token_id if model.cfg.pad_token_id is not None else 0
+    pad = model.cfg.pad_id  # pads are masked: any id inside the vocabulary works
     stops = torch.tensor(sorted(set(stop_ids)), dtype=torch.long, device=device)
     was_training = model.training
     model.eval()

@@ -42,9 +42,7 @@ def actadd(
         raise ValueError(f"layer={layer} is outside 0..{n - 1} for this {n}-layer model")
     a, b = _encode(pos, tokenizer), _encode(neg, tokenizer)
     if len(a) != len(b):
-        filler = (
-            tokenizer.encode(pad_text) if tokenizer is not None else [model.cfg.pad_token_id or 0]
-        )
+        filler = tokenizer.encode(pad_text) if tokenizer is not None else [model.cfg.pad_id]
         short = a if len(a) < len(b) else b
         while len(short) < max(len(a), len(b)):
             short.append(filler[0])

@@ -26,7 +26,7 @@ import torch
 
 from lmlab.config import ConfigError
 from lmlab.errors import CheckpointError
-from lmlab.runs import atomic_write
+from lmlab.runs import atomic_write, fsync_dir
 
 PREFIX = "ckpt"  # training checkpoints: ckpt_NNNNNN.pt, checkpoints.json (GRPO uses "grpo_ckpt")
 # temporaries of a killed writer: `.lmlab-tmp-<pid>-<name>` (lmlab.runs) or the older `.<name>.tmp<pid>`
@@ -261,20 +261,6 @@ def save_step(
         if p.name not in names:
             p.unlink(missing_ok=True)
     return path
-
-
-def fsync_dir(folder: str | Path) -> None:
-    """Make renames inside `folder` durable (skipped where directories cannot be opened)."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def clean_tmp(folder: str | Path, prefix: str = PREFIX) -> None:
