@@ -26,7 +26,7 @@ import torch
 
 from lmlab.config import ConfigError
 from lmlab.errors import CheckpointError
-from lmlab.runs import atomic_write, fsync_dir
+from lmlab.runs import atomic_write, fsync_dir, tmp_name
 
 PREFIX = "ckpt"  # training checkpoints: ckpt_NNNNNN.pt, checkpoints.json (GRPO uses "grpo_ckpt")
 # temporaries of a killed writer: `.lmlab-tmp-<pid>-<name>` (lmlab.runs) or the older `.<name>.tmp<pid>`
@@ -72,7 +72,7 @@ def save(path: str | Path, state: dict[str, Any]) -> Path:
     """Atomically write `state` to `path` (tmp file + fsync + rename + directory fsync)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".lmlab-tmp-{os.getpid()}-{path.name}")
+    tmp = path.with_name(tmp_name(path.name))
     try:
         with open(tmp, "wb") as f:
             torch.save(state, f)
