@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lmlab.config import Config
-from lmlab.generate.cache import KVCache, LayerCache
+from lmlab.cache import KVCache, LayerCache
 from lmlab.hooks import HookedMixin, HookPoint
 from lmlab.linear_cross_entropy import IGNORE_INDEX, linear_cross_entropy
 

@@ -1,6 +1,6 @@
 """Text generation: a static KV cache, sampling, beam search, streaming, chat."""
 
-from lmlab.generate.cache import KVCache, LayerCache
+from lmlab.cache import KVCache, LayerCache
 from lmlab.generate.generate import GenerationOutput, generate, stream_generate
 from lmlab.generate.sampling import SamplingConfig
 from lmlab.generate.stream import TextStream

@@ -7,7 +7,7 @@ from typing import Any
 import torch
 
 from lmlab.errors import InputError
-from lmlab.generate.cache import KVCache
+from lmlab.cache import KVCache
 
 
 class Finished:

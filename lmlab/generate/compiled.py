@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from lmlab.generate.cache import KVCache
+from lmlab.cache import KVCache
 
 BUCKET = 128
 

@@ -102,7 +102,7 @@ def remove_prefix_tuning(model: nn.Module) -> None:
 @torch.no_grad()
 def prompt_kv(model: nn.Module, ids: list[int]) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Per-layer keys/values [n_kv_heads, P, head_dim] a real prompt leaves in the KV cache."""
-    from lmlab.generate.cache import KVCache
+    from lmlab.cache import KVCache
 
     cache = KVCache(model, 1, len(ids))
     model(torch.tensor([ids], device=next(model.parameters()).device), cache=cache)

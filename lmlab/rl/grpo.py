@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from lmlab.generate.cache import KVCache
+from lmlab.cache import KVCache
 
 LOSS_TYPES = ("grpo", "dr_grpo", "dapo", "bnpo")
 SCALES = ("group", "batch", "none")
