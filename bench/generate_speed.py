@@ -145,7 +145,7 @@ def main() -> None:
     if args.llama_cpp:
         import llama_cpp
 
-        from lmlab.weights.packaged import packaged_path
+        from lmlab.packaged import packaged_path
 
         llm = llama_cpp.Llama(
             str(packaged_path(args.model)), n_ctx=512, n_threads=torch.get_num_threads(),

@@ -31,10 +31,11 @@ import warnings
 import torch
 
 import lmlab
+from lmlab.packaged import packaged_path
 from lmlab.rl import GRPOConfig, GRPOTrainer
+from lmlab.rl.config import grpo_train_config
 from lmlab.rl.tasks import ArithmeticTask
 from lmlab.weights.gguf import gguf_to_hf
-from lmlab.weights.packaged import packaged_path
 
 
 def hf_pieces(name: str):
@@ -60,10 +61,11 @@ def hf_pieces(name: str):
 def bench_lmlab(args, rows: list[dict], task, compile: bool = False) -> dict:
     model, tok = lmlab.load(args.model)
     cfg = GRPOConfig(
-        model=args.model, compile=compile, dtype="bfloat16" if args.bf16 else "float32", num_generations=args.group, prompts_per_step=args.prompts,
-        micro_batch_size=args.group * args.prompts, max_new_tokens=args.new_tokens, lr=args.lr,
-        beta=0.0, loss_type="dapo", temperature=1.0, max_steps=args.steps + 1, eval_size=0,
-        out_dir=args.out + "/lmlab", seed=0,
+        model=args.model, compile=compile, num_generations=args.group, prompts_per_step=args.prompts,
+        micro_batch_size=args.group * args.prompts, max_new_tokens=args.new_tokens,
+        beta=0.0, loss_type="dapo", temperature=1.0, eval_size=0,
+        train=grpo_train_config(lr=args.lr, max_steps=args.steps + 1, out_dir=args.out + "/lmlab",
+                                seed=0, dtype="bfloat16" if args.bf16 else "float32"),
     )  # fmt: skip
     trainer = GRPOTrainer(model.float(), tok, cfg, task)
     trainer.prompt_text = lambda row: row["text"]  # the exact strings TRL gets

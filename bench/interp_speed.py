@@ -18,6 +18,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 
@@ -65,8 +66,11 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+    from lmlab.interp import run_with_cache
     from lmlab.interp.models import load_model
-    from lmlab.interp.reference import boot_bridge
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the reference lives in tests/
+    from tests.tl_reference import boot_bridge
 
     model, _ = load_model("smollm2-135m-instruct")
     bridge = boot_bridge()
@@ -86,30 +90,30 @@ def main() -> None:
         model(tokens), bridge(tokens)  # warm up
         small_rows = {
             "lmlab cache all hooks": measure(
-                lambda: model.run_with_cache(small, names_filter=every), 5
+                lambda: run_with_cache(model, small, names_filter=every), 5
             ),
             "TL bridge cache all hooks": measure(lambda: bridge.run_with_cache(small), 5),
         }
         rows = {
             "lmlab plain forward": measure(lambda: model(tokens), args.repeats),
             "lmlab cache 1 layer resid": measure(
-                lambda: model.run_with_cache(tokens, names_filter=mid), args.repeats
+                lambda: run_with_cache(model, tokens, names_filter=mid), args.repeats
             ),
             "lmlab cache 1 layer, stop early": measure(
-                lambda: model.run_with_cache(tokens, names_filter=mid, stop_at_layer="auto"),
+                lambda: run_with_cache(model, tokens, names_filter=mid, stop_at_layer="auto"),
                 args.repeats,
             ),
             "lmlab cache all hooks": measure(
-                lambda: model.run_with_cache(tokens, names_filter=every), args.repeats
+                lambda: run_with_cache(model, tokens, names_filter=every), args.repeats
             ),
             "lmlab cache all + per-head results": measure(
-                lambda: model.run_with_cache(tokens), args.repeats
+                lambda: run_with_cache(model, tokens), args.repeats
             ),
             "TL bridge cache all hooks": measure(
                 lambda: bridge.run_with_cache(tokens), args.repeats
             ),
         }
-    n_ours = len(model.run_with_cache(tokens[:1, :8], names_filter=every)[1])
+    n_ours = len(run_with_cache(model, tokens[:1, :8], names_filter=every)[1])
     n_tl = len(bridge.run_with_cache(tokens[:1, :8])[1].keys())
     print(
         f"SmolLM2-135M, batch {args.batch} x {args.seq}, {args.threads} thread(s), median of {args.repeats}"

@@ -45,7 +45,7 @@ def _transformers(path: Path) -> float:
 
 
 def main() -> None:
-    from lmlab.weights.packaged import packaged_path
+    from lmlab.packaged import packaged_path
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument(

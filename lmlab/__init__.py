@@ -10,9 +10,10 @@ __version__ = "0.1.0"
 # Public names, imported on first use so `import lmlab` stays fast.
 _LAZY = {
     "Config": "lmlab.config",
-    "preset": "lmlab.config",
+    "preset": "lmlab.families",
     "Transformer": "lmlab.model",
-    "ActivationCache": "lmlab.hooks",
+    "ActivationCache": "lmlab.interp.activation_cache",
+    "run_with_cache": "lmlab.interp.activation_cache",
     "load": "lmlab.weights.load",
 }
 

@@ -1,7 +1,7 @@
-"""`Config`: every architectural knob of the one `Transformer`, and the registry of named presets.
+"""`Config`: every architectural knob of the one `Transformer`, and their validation.
 
-Families are presets, not classes: GPT-2, Llama, SmolLM2, Mistral, Gemma 3, GPT-OSS and a
-BERT encoder differ only in the values below.
+Families are presets, not classes: the named presets and each family's translation to and from
+the Hugging Face and GGUF layouts live in `lmlab.families` (`lmlab.families.preset(name)`).
 """
 
 from __future__ import annotations
@@ -9,7 +9,6 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ ROPE_SCALINGS = (None, "linear", "llama3", "yarn")
 MLPS = ("gelu", "gelu_tanh", "quick_gelu", "relu", "relu2", "swiglu", "geglu", "swiglu_clamped")
 GATED_MLPS = ("swiglu", "geglu", "swiglu_clamped")
 LAYER_TYPES = ("full", "sliding")
+QK_NORM_SCOPES = ("head", "all")
 
 
 class ConfigError(LmlabError, ValueError):
@@ -33,9 +33,8 @@ class Config:
     """Architecture of a `Transformer`. Unset derived fields are filled in by `__post_init__`."""
 
     name: str = "custom"
-    family: str = (
-        "gpt2"  # which weight-name map applies: gpt2, llama, mistral, gemma3, gpt-oss, bert
-    )
+    # the lmlab.families registry name, which picks the weight-name maps; "" = infer from the knobs
+    family: str = ""
     vocab_size: int = 50257
     d_model: int = 768
     n_layers: int = 12
@@ -50,12 +49,17 @@ class Config:
     norm_bias: bool = True  # LayerNorm has a bias
     post_norm: bool = False  # BERT: x = norm(x + f(x)) instead of x = x + f(norm(x))
     sandwich_norm: bool = False  # Gemma: also normalize each branch output before adding it
-    qk_norm: bool = False  # RMSNorm over head_dim on queries and keys
+    pre_norm: bool = True  # False (OLMo 2, with sandwich_norm): sublayers read the raw residual
+    qk_norm: bool = False  # RMSNorm on queries and keys (before RoPE)
+    qk_norm_scope: str = (
+        "head"  # "head": over head_dim, shared by heads; "all": the whole projection
+    )
     embed_norm: bool = False  # BERT: LayerNorm after the embedding sum
     # positions
     positions: str = "learned"
     rope_theta: float = 10000.0
     rope_local_theta: float | None = None  # Gemma 3: a different base on sliding-window layers
+    rope_fraction: float = 1.0  # share of each head's leading dims that rotate (partial rotary)
     rope_scaling: str | None = None
     rope_factor: float = 1.0
     rope_original_max_seq_len: int | None = None  # llama3 / yarn: pretraining context
@@ -147,6 +151,7 @@ class Config:
         _choice("positions", self.positions, POSITIONS)
         _choice("rope_scaling", self.rope_scaling, ROPE_SCALINGS)
         _choice("mlp", self.mlp, MLPS)
+        _choice("qk_norm_scope", self.qk_norm_scope, QK_NORM_SCOPES)
         if (
             self.n_heads * self.head_dim != self.d_model
             and self.head_dim == self.d_model // self.n_heads
@@ -164,6 +169,14 @@ class Config:
             )
         if self.positions == "rope" and self.head_dim % 2:
             _fail("head_dim", self.head_dim, "must be even for rotary positions")
+        if not 0.0 < self.rope_fraction <= 1.0 or (
+            self.positions == "rope" and (self.rope_dim % 2 or not self.rope_dim)
+        ):
+            _fail(
+                "rope_fraction",
+                self.rope_fraction,
+                f"must be in (0, 1] and give an even number of rotated dims of head_dim={self.head_dim}",
+            )
         if self.n_experts < 0:
             _fail("n_experts", self.n_experts, "must be >= 0 (0 = a dense MLP)")
         if self.n_experts and not 1 <= self.top_k <= self.n_experts:
@@ -206,6 +219,12 @@ class Config:
             _fail("type_vocab_size", self.type_vocab_size, "must be >= 0")
         if self.post_norm and self.sandwich_norm:
             _fail("sandwich_norm", True, "cannot be combined with post_norm=True")
+        if not self.pre_norm and (self.post_norm or not self.sandwich_norm):
+            _fail(
+                "pre_norm",
+                False,
+                "needs sandwich_norm=True and post_norm=False (a norm on each branch output)",
+            )
 
     # ------------------------------------------------------------------ derived facts
     @property
@@ -213,6 +232,11 @@ class Config:
         """The id written into pad slots: `pad_token_id` if it is in the vocabulary, else 0."""
         pad = self.pad_token_id
         return pad if pad is not None and 0 <= pad < self.vocab_size else 0
+
+    @property
+    def rope_dim(self) -> int:
+        """How many leading dims of each head RoPE rotates (all of head_dim unless partial)."""
+        return int(self.head_dim * self.rope_fraction)
 
     @property
     def gated(self) -> bool:
@@ -298,384 +322,6 @@ def _choice(name: str, value: Any, options: tuple) -> None:
         _fail(name, value, f"is not one of {list(options)}")
 
 
-# ---------------------------------------------------------------------- presets
-
-PRESETS: dict[str, Callable[[], Config]] = {}
-PUBLISHED_PARAMS: dict[str, float] = {}  # preset -> published parameter count (for tests and docs)
-
-
-def register(name: str, published: float | None = None) -> Callable:
-    """Decorator adding a preset factory to the registry."""
-
-    def deco(fn: Callable[[], Config]) -> Callable[[], Config]:
-        PRESETS[name] = fn
-        if published is not None:
-            PUBLISHED_PARAMS[name] = published
-        return fn
-
-    return deco
-
-
-def preset(name: str, **overrides: Any) -> Config:
-    """The named preset, optionally with some fields overridden; unknown names suggest near ones."""
-    if name not in PRESETS:
-        near = difflib.get_close_matches(name, list(PRESETS), n=3, cutoff=0.4)
-        hint = f" Did you mean {', '.join(repr(n) for n in near)}?" if near else ""
-        raise ConfigError(
-            f"unknown preset {name!r}.{hint} Known presets: {', '.join(sorted(PRESETS))}"
-        )
-    cfg = PRESETS[name]()
-    return cfg.replace(**overrides) if overrides else cfg
-
-
 def every_nth_full(n_layers: int, n: int) -> tuple[str, ...]:
     """Layer types where every n-th layer is full attention and the rest slide (Gemma 3: 6, GPT-OSS: 2)."""
     return tuple("full" if (i + 1) % n == 0 else "sliding" for i in range(n_layers))
-
-
-# GPT-2 ---------------------------------------------------------------
-def _gpt2(name: str, d: int, layers: int, heads: int) -> Config:
-    return Config(
-        name=name,
-        family="gpt2",
-        vocab_size=50257,
-        d_model=d,
-        n_layers=layers,
-        n_heads=heads,
-        max_seq_len=1024,
-        norm="layernorm",
-        positions="learned",
-        mlp="gelu_tanh",
-        attn_qkv_bias=True,
-        attn_out_bias=True,
-        mlp_bias=True,
-        tie_embeddings=True,
-        bos_token_id=50256,
-        eos_token_id=50256,
-    )
-
-
-register("gpt2", 124e6)(lambda: _gpt2("gpt2", 768, 12, 12))
-register("gpt2-medium", 355e6)(lambda: _gpt2("gpt2-medium", 1024, 24, 16))
-register("gpt2-large", 774e6)(lambda: _gpt2("gpt2-large", 1280, 36, 20))
-# GPT-2 XL is announced as "1.5B"; its published checkpoint holds 1,557,611,200 parameters.
-register("gpt2-xl", 1.558e9)(lambda: _gpt2("gpt2-xl", 1600, 48, 25))
-register("gpt2-tiny")(
-    lambda: _gpt2("gpt2-tiny", 256, 2, 4).replace(vocab_size=512, max_seq_len=256)
-)
-
-
-# Llama / SmolLM2 / Mistral ----------------------------------------------
-def _llama(name: str, **kw: Any) -> Config:
-    base = dict(
-        name=name,
-        family="llama",
-        norm="rmsnorm",
-        norm_eps=1e-5,
-        norm_bias=False,
-        positions="rope",
-        mlp="swiglu",
-        mlp_bias=False,
-        tie_embeddings=False,
-    )
-    return Config(**{**base, **kw})
-
-
-register("smollm2-135m", 135e6)(
-    lambda: _llama(
-        "smollm2-135m",
-        vocab_size=49152,
-        d_model=576,
-        n_layers=30,
-        n_heads=9,
-        n_kv_heads=3,
-        d_ff=1536,
-        max_seq_len=8192,
-        rope_theta=100000.0,
-        tie_embeddings=True,
-        bos_token_id=1,
-        eos_token_id=2,
-    )
-)
-register("smollm2-360m", 362e6)(
-    lambda: _llama(
-        "smollm2-360m",
-        vocab_size=49152,
-        d_model=960,
-        n_layers=32,
-        n_heads=15,
-        n_kv_heads=5,
-        d_ff=2560,
-        max_seq_len=8192,
-        rope_theta=100000.0,
-        tie_embeddings=True,
-        bos_token_id=1,
-        eos_token_id=2,
-    )
-)
-register("llama-2-7b", 6.74e9)(
-    lambda: _llama(
-        "llama-2-7b",
-        vocab_size=32000,
-        d_model=4096,
-        n_layers=32,
-        n_heads=32,
-        d_ff=11008,
-        max_seq_len=4096,
-        bos_token_id=1,
-        eos_token_id=2,
-    )
-)
-register("llama-3.2-1b", 1.24e9)(
-    lambda: _llama(
-        "llama-3.2-1b",
-        vocab_size=128256,
-        d_model=2048,
-        n_layers=16,
-        n_heads=32,
-        n_kv_heads=8,
-        d_ff=8192,
-        max_seq_len=131072,
-        rope_theta=500000.0,
-        rope_scaling="llama3",
-        rope_factor=32.0,
-        rope_original_max_seq_len=8192,
-        tie_embeddings=True,
-        bos_token_id=128000,
-        eos_token_id=128001,
-    )
-)
-register("mistral-7b", 7.24e9)(
-    lambda: _llama(
-        "mistral-7b",
-        family="mistral",
-        vocab_size=32000,
-        d_model=4096,
-        n_layers=32,
-        n_heads=32,
-        n_kv_heads=8,
-        d_ff=14336,
-        max_seq_len=32768,
-        sliding_window=4096,
-        bos_token_id=1,
-        eos_token_id=2,
-    )
-)
-register("llama-tiny")(
-    lambda: _llama(
-        "llama-tiny",
-        vocab_size=512,
-        d_model=256,
-        n_layers=2,
-        n_heads=4,
-        n_kv_heads=2,
-        d_ff=688,
-        max_seq_len=256,
-    )
-)
-register("mistral-tiny")(
-    lambda: _llama(
-        "mistral-tiny",
-        family="mistral",
-        vocab_size=512,
-        d_model=256,
-        n_layers=2,
-        n_heads=4,
-        n_kv_heads=2,
-        d_ff=688,
-        max_seq_len=256,
-        sliding_window=16,
-    )
-)
-
-
-# Gemma 3 ---------------------------------------------------------------
-def _gemma3(name: str, **kw: Any) -> Config:
-    base = dict(
-        name=name,
-        family="gemma3",
-        norm="rmsnorm_gemma",
-        norm_eps=1e-6,
-        norm_bias=False,
-        sandwich_norm=True,
-        qk_norm=True,
-        positions="rope",
-        rope_theta=1_000_000.0,
-        rope_local_theta=10_000.0,
-        mlp="geglu",
-        mlp_bias=False,
-        tie_embeddings=True,
-        embed_scale=True,
-        sliding_window_pattern=6,
-        bos_token_id=2,
-        eos_token_id=1,
-        pad_token_id=0,
-    )
-    return Config(**{**base, **kw})
-
-
-register("gemma3-270m", 268e6)(
-    lambda: _gemma3(
-        "gemma3-270m",
-        vocab_size=262144,
-        d_model=640,
-        n_layers=18,
-        n_heads=4,
-        n_kv_heads=1,
-        head_dim=256,
-        d_ff=2048,
-        max_seq_len=32768,
-        sliding_window=512,
-        attn_scale=256**-0.5,
-    )
-)
-register("gemma3-1b", 1.0e9)(
-    lambda: _gemma3(
-        "gemma3-1b",
-        vocab_size=262144,
-        d_model=1152,
-        n_layers=26,
-        n_heads=4,
-        n_kv_heads=1,
-        head_dim=256,
-        d_ff=6912,
-        max_seq_len=32768,
-        sliding_window=512,
-        attn_scale=256**-0.5,
-    )
-)
-register("gemma3-tiny")(
-    lambda: _gemma3(
-        "gemma3-tiny",
-        vocab_size=512,
-        d_model=192,
-        n_layers=6,
-        n_heads=4,
-        n_kv_heads=1,
-        head_dim=32,
-        d_ff=512,
-        max_seq_len=256,
-        sliding_window=16,
-        attn_scale=32**-0.5,
-    )
-)
-
-
-# GPT-OSS ---------------------------------------------------------------
-def _gpt_oss(name: str, **kw: Any) -> Config:
-    base = dict(
-        name=name,
-        family="gpt-oss",
-        vocab_size=201088,
-        norm="rmsnorm",
-        norm_eps=1e-5,
-        norm_bias=False,
-        positions="rope",
-        rope_theta=150000.0,
-        rope_scaling="yarn",
-        rope_factor=32.0,
-        rope_original_max_seq_len=4096,
-        yarn_beta_fast=32.0,
-        yarn_beta_slow=1.0,
-        yarn_truncate=False,
-        max_seq_len=131072,
-        attn_qkv_bias=True,
-        attn_out_bias=True,
-        attn_sinks=True,
-        sliding_window=128,
-        sliding_window_pattern=2,
-        mlp="swiglu_clamped",
-        mlp_bias=True,
-        router_bias=True,
-        head_dim=64,
-        n_heads=64,
-        n_kv_heads=8,
-        tie_embeddings=False,
-        eos_token_id=200002,
-        pad_token_id=199999,
-    )
-    return Config(**{**base, **kw})
-
-
-register("gpt-oss-20b", 20.9e9)(
-    lambda: _gpt_oss("gpt-oss-20b", d_model=2880, n_layers=24, d_ff=2880, n_experts=32, top_k=4)
-)
-register("gpt-oss-120b", 116.8e9)(
-    lambda: _gpt_oss("gpt-oss-120b", d_model=2880, n_layers=36, d_ff=2880, n_experts=128, top_k=4)
-)
-# Same recipe at one-GPU scale (our design, 588.4M total / 352M active): GPT-OSS's o200k-harmony
-# vocabulary, 16 alternating sliding/full layers of width 640, GQA 10/2 heads of 64 with sinks,
-# 16 clamped-SwiGLU experts (top-4) of width 640, YaRN-free RoPE at a 4k context.
-register("gpt-oss-588m", 588e6)(
-    lambda: _gpt_oss(
-        "gpt-oss-588m",
-        d_model=640,
-        n_layers=16,
-        n_heads=10,
-        n_kv_heads=2,
-        d_ff=640,
-        n_experts=16,
-        top_k=4,
-        max_seq_len=4096,
-        rope_scaling=None,
-        rope_factor=1.0,
-    )
-)
-register("gpt-oss-tiny")(
-    lambda: _gpt_oss(
-        "gpt-oss-tiny",
-        vocab_size=512,
-        d_model=192,
-        n_layers=2,
-        n_heads=4,
-        n_kv_heads=2,
-        head_dim=32,
-        d_ff=192,
-        n_experts=8,
-        top_k=2,
-        sliding_window=16,
-        max_seq_len=256,
-        rope_original_max_seq_len=64,
-        rope_factor=4.0,
-        pad_token_id=None,  # GPT-OSS's 199999 is outside the 512-token vocabulary
-    )
-)
-
-
-# BERT ------------------------------------------------------------------
-def _bert(name: str, **kw: Any) -> Config:
-    base = dict(
-        name=name,
-        family="bert",
-        vocab_size=30522,
-        norm="layernorm",
-        norm_eps=1e-12,
-        post_norm=True,
-        embed_norm=True,
-        positions="learned",
-        max_seq_len=512,
-        causal=False,
-        mlp="gelu",
-        attn_qkv_bias=True,
-        attn_out_bias=True,
-        mlp_bias=True,
-        type_vocab_size=2,
-        pooler=True,
-        lm_head=False,
-        tie_embeddings=False,
-        pad_token_id=0,
-    )
-    return Config(**{**base, **kw})
-
-
-register("minilm-l6", 22.7e6)(
-    lambda: _bert("minilm-l6", d_model=384, n_layers=6, n_heads=12, d_ff=1536)
-)
-register("bert-base", 110e6)(
-    lambda: _bert("bert-base", d_model=768, n_layers=12, n_heads=12, d_ff=3072)
-)
-register("bert-tiny")(
-    lambda: _bert(
-        "bert-tiny", vocab_size=512, d_model=256, n_layers=2, n_heads=4, d_ff=1024, max_seq_len=256
-    )
-)

@@ -9,7 +9,7 @@ elsewhere the plain torch path runs (same results for packing, just slower).
 
 Environment: `LMLAB_KERNELS=plain` turns every optional kernel off, e.g. to exercise the fallbacks
 on a machine that has the kernels (unset, empty or `auto`: use what the probes allow). `available()`
-reads it at each call: packing decides on entering `packed_linears`, an `Int8Linear` when built.
+reads it at each call: packing decides when a decoder builds `PackedWeights`, an `Int8Linear` when built.
 Run `lmlab doctor` to see what is used here.
 """
 

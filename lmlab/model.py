@@ -7,14 +7,13 @@ the block, the model. Weight-format quirks live in `lmlab.weights`, never here.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lmlab.config import Config
 from lmlab.cache import KVCache, LayerCache
+from lmlab.config import Config
 from lmlab.hooks import HookedMixin, HookPoint
 from lmlab.linear_cross_entropy import IGNORE_INDEX, linear_cross_entropy
 
@@ -44,21 +43,37 @@ class Norm(nn.Module):
             if self.kind == "rmsnorm":
                 out = self.weight * xf.to(x.dtype)
             else:
-                out = (xf * (1.0 + self.weight.float())).to(x.dtype)
+                out = (xf * self.weight_applied()).to(x.dtype)
         return self.hook_normalized(out)
 
     def _forward_with_scale(self, x: torch.Tensor) -> torch.Tensor:
         """Explicit form exposing the scale, for interpretability (same numbers in float32)."""
+        out = self.linear(x, self.hook_scale(self.divisor(x)))
+        out = out + (self.bias.float() if self.bias is not None else 0.0)
+        return self.hook_normalized(out.to(x.dtype))
+
+    def weight_applied(self) -> torch.Tensor:
+        """The float32 per-channel factor this norm multiplies by: w, or (1 + w) for Gemma."""
+        w = self.weight.float()
+        return w + 1.0 if self.kind == "rmsnorm_gemma" else w
+
+    def divisor(self, x: torch.Tensor) -> torch.Tensor:
+        """[..., 1] float32: what this norm divides `x` by (its std for LayerNorm, else its RMS)."""
         xf = x.float()
         if self.kind == "layernorm":
             xf = xf - xf.mean(-1, keepdim=True)
-            scale = self.hook_scale((xf.pow(2).mean(-1, keepdim=True) + self.eps).sqrt())
-        else:
-            scale = self.hook_scale((xf.pow(2).mean(-1, keepdim=True) + self.eps).sqrt())
-        xf = xf / scale
-        w = self.weight.float() + (1.0 if self.kind == "rmsnorm_gemma" else 0.0)
-        out = xf * w + (self.bias.float() if self.bias is not None else 0.0)
-        return self.hook_normalized(out.to(x.dtype))
+        return (xf.pow(2).mean(-1, keepdim=True) + self.eps).sqrt()
+
+    def linear(self, x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+        """This norm as a linear map for a fixed `scale`, bias left out (float32): center, divide, weight.
+
+        With `scale = divisor(x)` it is the norm itself; with the scale of a whole residual stream
+        it maps each additive component of that stream (direct logit attribution).
+        """
+        xf = x.float()
+        if self.kind == "layernorm":
+            xf = xf - xf.mean(-1, keepdim=True)
+        return xf / scale * self.weight_applied().to(xf.device)
 
 
 # ---------------------------------------------------------------------------- rotary positions
@@ -66,7 +81,7 @@ class Norm(nn.Module):
 
 def rope_inv_freq(cfg: Config, base: float) -> tuple[torch.Tensor, float]:
     """Inverse frequencies [head_dim/2] for one RoPE base and the cos/sin scale (YaRN's mscale)."""
-    dim = cfg.head_dim
+    dim = cfg.rope_dim
     inv = 1.0 / base ** (torch.arange(0, dim, 2, dtype=torch.float32) / dim)
     factor, scale = cfg.rope_factor, 1.0
     if cfg.rope_scaling == "linear":
@@ -106,8 +121,12 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
 
     x: [B, H, T, D]; cos: [B, 1, T, D] (the half-width cosines twice), sin: [B, 1, T, D] (the
     sines negated, then as they are), so that swapping the halves makes it two products and a sum.
+    With partial rotary (cos narrower than x), only the leading dims rotate; the rest pass through.
     """
-    return x * cos + x.roll(x.shape[-1] // 2, -1) * sin
+    r = cos.shape[-1]
+    if r < x.shape[-1]:
+        return torch.cat((apply_rope(x[..., :r], cos, sin), x[..., r:]), -1)
+    return x * cos + x.roll(r // 2, -1) * sin
 
 
 # ---------------------------------------------------------------------------- attention
@@ -141,8 +160,9 @@ class Attention(nn.Module):
         self.v = nn.Linear(cfg.d_model, kv * d, bias=cfg.attn_qkv_bias)
         self.o = nn.Linear(h * d, cfg.d_model, bias=cfg.attn_out_bias)
         qk_kind = "rmsnorm" if cfg.norm == "layernorm" else cfg.norm
-        self.q_norm = Norm(d, qk_kind, cfg.norm_eps) if cfg.qk_norm else None
-        self.k_norm = Norm(d, qk_kind, cfg.norm_eps) if cfg.qk_norm else None
+        whole = cfg.qk_norm_scope == "all"  # one norm over all heads' dims, not per head
+        self.q_norm = Norm(h * d if whole else d, qk_kind, cfg.norm_eps) if cfg.qk_norm else None
+        self.k_norm = Norm(kv * d if whole else d, qk_kind, cfg.norm_eps) if cfg.qk_norm else None
         self.sinks = nn.Parameter(torch.zeros(h)) if cfg.attn_sinks else None
         # Prefix tuning: extra keys/values [KV, P, D] or [B, KV, P, D] every query attends to (no RoPE).
         self.prefix: tuple[torch.Tensor, torch.Tensor] | None = None
@@ -153,8 +173,6 @@ class Attention(nn.Module):
         self.hook_z = HookPoint()
         # [B, T, H, d_model], per-head outputs, computed only when hooked
         self.hook_result = HookPoint()
-        # q|k|v as one matmul over the stacked weights; set only by `lmlab.generate.packed`
-        self.fused_qkv: Callable[[torch.Tensor], torch.Tensor] | None = None
 
     def forward(
         self,
@@ -169,15 +187,13 @@ class Attention(nn.Module):
         ones (`mask` then covers the cached length S). A `prefix` is prepended to the keys/values.
         """
         B, T, _ = x.shape
-        if self.fused_qkv is None:
-            q, k, v = self.q(x), self.k(x), self.v(x)
-        else:
-            kv = self.n_kv_heads * self.head_dim
-            q, k, v = self.fused_qkv(x).split((self.n_heads * self.head_dim, kv, kv), -1)
+        q, k, v = self.q(x), self.k(x), self.v(x)
         q = self.hook_q(q.view(B, T, self.n_heads, self.head_dim))
         k = self.hook_k(k.view(B, T, self.n_kv_heads, self.head_dim))
         v = self.hook_v(v.view(B, T, self.n_kv_heads, self.head_dim))
-        if self.q_norm is not None:
+        if self.q_norm is not None and self.cfg.qk_norm_scope == "all":
+            q, k = self.q_norm(q.flatten(-2)).view_as(q), self.k_norm(k.flatten(-2)).view_as(k)
+        elif self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # [B, H, T, D]
         if rope is not None:
@@ -330,17 +346,12 @@ class MLP(nn.Module):
         self.hook_pre = HookPoint()  # [B, T, d_ff] pre-activation (the gate's, for gated MLPs)
         self.hook_pre_linear = HookPoint()  # [B, T, d_ff] the linear (up) branch of gated MLPs
         self.hook_post = HookPoint()  # [B, T, d_ff] what enters the down projection
-        # gate|up as one matmul over the stacked weights; set only by `lmlab.generate.packed`
-        self.fused_gate_up: Callable[[torch.Tensor], torch.Tensor] | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.gate is None:
             h = activation(self.cfg.mlp, self.hook_pre(self.up(x)))
         else:
-            if self.fused_gate_up is None:
-                gate, up = self.gate(x), self.up(x)
-            else:
-                gate, up = self.fused_gate_up(x).chunk(2, -1)
+            gate, up = self.gate(x), self.up(x)
             h = gated_act(self.cfg, self.hook_pre(gate), self.hook_pre_linear(up))
         return self.down(self.hook_post(h))
 
@@ -426,10 +437,13 @@ class Block(nn.Module):
     def __init__(self, cfg: Config, layer: int) -> None:
         super().__init__()
         self.cfg = cfg
-        self.ln1 = Norm(cfg.d_model, cfg.norm, cfg.norm_eps, cfg.norm_bias)
+        pre = cfg.pre_norm  # False: sublayers read the raw residual (norms only after them)
+        self.ln1 = Norm(cfg.d_model, cfg.norm, cfg.norm_eps, cfg.norm_bias) if pre else None
         self.attn = Attention(cfg, layer)
         self.ln2 = (
-            None if cfg.attn_only else Norm(cfg.d_model, cfg.norm, cfg.norm_eps, cfg.norm_bias)
+            None
+            if cfg.attn_only or not pre
+            else Norm(cfg.d_model, cfg.norm, cfg.norm_eps, cfg.norm_bias)
         )
         self.mlp = None if cfg.attn_only else MoE(cfg) if cfg.n_experts else MLP(cfg)
         if cfg.sandwich_norm:
@@ -460,14 +474,14 @@ class Block(nn.Module):
             if self.mlp is None:
                 return self.hook_resid_post(x)
             return self.hook_resid_post(self.ln2(x + self.hook_mlp_out(self.drop(self.mlp(x)))))
-        a = self.attn(self.ln1(x), rope, mask, cache=cache)
+        a = self.attn(x if self.ln1 is None else self.ln1(x), rope, mask, cache=cache)
         if self.cfg.sandwich_norm:
             a = self.ln1_post(a)
         a = self.hook_attn_out(self.drop(a))
         x = self.hook_resid_mid(x + a if s == 1 else x + s * a)
         if self.mlp is None:  # attention-only
             return self.hook_resid_post(x)
-        m = self.mlp(self.ln2(x))
+        m = self.mlp(x if self.ln2 is None else self.ln2(x))
         if self.cfg.sandwich_norm:
             m = self.ln2_post(m)
         m = self.hook_mlp_out(self.drop(m))

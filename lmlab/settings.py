@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import math
 import types
 import typing
@@ -11,7 +12,7 @@ from typing import Any, TypeVar
 
 import tomllib
 
-from lmlab.config import ConfigError, check_keys
+from lmlab.config import ConfigError
 
 T = TypeVar("T")
 
@@ -19,7 +20,12 @@ T = TypeVar("T")
 def from_toml(
     cls: type[T], path: str | Path | None = None, overrides: list[str] | None = None
 ) -> T:
-    """Build dataclass `cls` from its defaults, then a TOML file, then `key=value` overrides."""
+    """Build dataclass `cls` from its defaults, then a TOML file, then `key=value` overrides.
+
+    A field whose type is a dataclass (a recipe's `train: TrainConfig`) is a TOML table (`[train]`)
+    and takes dotted overrides (`--train.lr=3e-4`); both change only the keys they name, on top of
+    the field's default. Table fields (`dict`) merge into their defaults the same way.
+    """
     values: dict[str, Any] = {}
     if path is not None:
         p = Path(path)
@@ -33,27 +39,95 @@ def from_toml(
             raise ConfigError(f"{p} is not valid TOML: {e}") from None
         except UnicodeDecodeError as e:
             raise ConfigError(f"{p} is not UTF-8 text ({e.reason} at byte {e.start})") from None
-        check_keys(values, cls)
         values = check_types(values, cls, str(p))
-    values.update(parse_overrides(cls, overrides or []))
-    return cls(**values)
+    merge(values, parse_overrides(cls, overrides or []))
+    return build(cls, values)
 
 
-def check_types(values: dict[str, Any], cls: type, where: str) -> dict[str, Any]:
-    """TOML `values` checked against the field types of `cls` (ints widen to floats, arrays to
-    tuples); a mismatch raises `ConfigError` naming the field, the value, the file and the type."""
+def merge(into: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    """Deep-merge nested dict `new` into `into` (tables merge key by key, other values replace)."""
+    for k, v in new.items():
+        if isinstance(v, dict) and isinstance(into.get(k), dict):
+            merge(into[k], v)
+        else:
+            into[k] = v
+    return into
+
+
+def build(cls: type[T], values: dict[str, Any], base: T | None = None) -> T:
+    """An instance of `cls` from checked nested `values`, on top of `base` (or the defaults)."""
     hints = typing.get_type_hints(cls)
-    defaults = {
-        f.name: f.default for f in dataclasses.fields(cls) if f.default is not dataclasses.MISSING
-    }
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        if f.name not in values:
+            continue
+        value, current = values[f.name], getattr(base, f.name) if base is not None else _default(f)
+        if isinstance(value, dict) and _is_section(hints[f.name]):
+            value = build(hints[f.name], value, current if _is_section(type(current)) else None)
+        elif isinstance(value, dict) and isinstance(current, dict):
+            value = merge(dict(current), value)
+        kwargs[f.name] = value
+    return dataclasses.replace(base, **kwargs) if base is not None else cls(**kwargs)
+
+
+def _is_section(hint: Any) -> bool:
+    """Whether a field of type `hint` is a nested settings group (a dataclass)."""
+    return isinstance(hint, type) and dataclasses.is_dataclass(hint)
+
+
+def _default(f: dataclasses.Field) -> Any:
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return None
+
+
+def _unknown(key: str, cls: type, prefix: str, source: str = "", rest: str = "") -> ConfigError:
+    """The error for a key that is not a field of `cls`, suggesting the nearest ones (and the
+    group that has a field of that name: `lr` -> `train.lr`); `rest` is the path after `key`."""
+    valid = [f.name for f in dataclasses.fields(cls)]
+    hints = typing.get_type_hints(cls)
+    near = [prefix + n + rest for n in difflib.get_close_matches(key, valid, n=3)]
+    near += [
+        f"{prefix}{f.name}.{key}{rest}"
+        for f in dataclasses.fields(cls)
+        if _is_section(hints[f.name]) and key in {g.name for g in dataclasses.fields(hints[f.name])}
+    ]
+    dash = "--" if source.startswith(" (from") else ""  # a flag's fix is spelt as a flag
+    hint = f"did you mean {' or '.join(repr(dash + n) for n in near)}? " if near else ""
+    where = f"[{prefix[:-1]}]" if prefix else "keys"
+    return ConfigError(
+        f"unknown config key {prefix + key!r}{source}; {hint}valid {where}: {', '.join(valid)}"
+    )
+
+
+def check_types(values: dict[str, Any], cls: type, where: str, prefix: str = "") -> dict[str, Any]:
+    """TOML `values` checked against the field types of `cls` (ints widen to floats, arrays to
+    tuples, tables of dataclass fields recurse); an unknown key or a mismatch raises
+    `ConfigError` naming the field path, the value, the file and the type."""
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
     out = {}
     for key, value in values.items():
+        if key not in fields:
+            raise _unknown(key, cls, prefix, f" in {where}")
+        if _is_section(hints[key]):
+            if not isinstance(value, dict):
+                raise ConfigError(
+                    f"{prefix}{key} = {_shown(value)} in {where} must be a table of settings: "
+                    f"write [{prefix}{key}] on its own line, then its keys"
+                )
+            out[key] = check_types(value, hints[key], where, f"{prefix}{key}.")
+            continue
         try:
             out[key] = typed(value, hints[key])
         except _Mismatch as e:
-            default = defaults.get(key)
-            example = "" if default is None else f" (default: {key} = {_toml_value(default)})"
-            raise ConfigError(f"{key} = {_shown(value)} in {where} {e}{example}") from None
+            default = _default(fields[key])
+            example = (
+                "" if default is None else f" (default: {prefix}{key} = {_toml_value(default)})"
+            )
+            raise ConfigError(f"{prefix}{key} = {_shown(value)} in {where} {e}{example}") from None
     return out
 
 
@@ -152,17 +226,58 @@ def _shown(value: Any) -> str:
 
 
 def parse_overrides(cls: type, overrides: list[str]) -> dict[str, Any]:
-    """Parse `key=value` (or `--key=value`) strings into typed values for the fields of `cls`."""
-    hints = typing.get_type_hints(cls)
+    """Parse `key=value` (or `--key=value`, `--train.lr=3e-4`) strings into a nested dict of typed
+    values for the fields of `cls`; a bare `--flag` sets a bool field to true."""
     out: dict[str, Any] = {}
     for item in overrides:
         key, sep, raw = item.removeprefix("--").partition("=")
-        key = key.replace("-", "_")
-        if not sep:
-            raise ConfigError(f"override {item!r} has no value; write it as --{key}=VALUE")
-        check_keys({key: None}, cls)
-        out[key] = coerce(raw, hints[key], key)
+        path = [part.replace("-", "_") for part in key.split(".")]
+        node, owner, prefix, hint = out, cls, "", None
+        for i, name in enumerate(path):
+            fields = {f.name for f in dataclasses.fields(owner)}
+            if name not in fields:
+                rest = "".join(f".{p}" for p in path[i + 1 :])
+                raise _unknown(name, owner, prefix, f" (from {item!r})", rest)
+            hint = typing.get_type_hints(owner)[name]
+            last = i == len(path) - 1
+            if _is_section(hint):
+                if last:
+                    raise ConfigError(
+                        f"{prefix}{name} is a group of settings, not a value; set one of its "
+                        f"fields, e.g. --{prefix}{name}.{dataclasses.fields(hint)[0].name}=VALUE"
+                    )
+                node, owner, prefix = node.setdefault(name, {}), hint, f"{prefix}{name}."
+                continue
+            if not last:
+                if typing.get_origin(hint) is not dict and hint is not dict:
+                    raise ConfigError(
+                        f"--{key}: {prefix}{name} is a single value, not a table; "
+                        f"write it as --{prefix}{name}=VALUE"
+                    )
+                args = typing.get_args(hint)
+                elem = args[1] if len(args) == 2 else typing.Any
+                table = node.setdefault(name, {})
+                for sub in path[i + 1 : -1]:
+                    table = table.setdefault(sub, {})
+                dotted = f"{prefix}{name}.{'.'.join(path[i + 1 :])}"
+                table[path[-1]] = _literal(raw) if elem is typing.Any else coerce(raw, elem, dotted)
+                break
+            if not sep:
+                if hint is not bool:
+                    raise ConfigError(
+                        f"override {item!r} has no value; write it as --{prefix}{name}=VALUE"
+                    )
+                raw = "true"
+            node[name] = coerce(raw, hint, prefix + name)
     return out
+
+
+def _literal(raw: str) -> Any:
+    """Command-line text for a field of any type: a TOML value (3, 0.5, true, [1, 2]) or a string."""
+    try:
+        return tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        return raw
 
 
 def coerce(raw: str, hint: Any, key: str = "value") -> Any:
@@ -232,17 +347,28 @@ def _whole(raw: str, key: str) -> int:
 
 
 def to_toml(obj: Any) -> str:
-    """Write a flat dataclass (or dict) as TOML; None values are left out (TOML has no null)."""
+    """Write a dataclass (or dict) as TOML: nested dataclasses and dicts become tables
+    (`[train]`, `[train.model_overrides]`); None values are left out (TOML has no null)."""
     d = dataclasses.asdict(obj) if dataclasses.is_dataclass(obj) else dict(obj)
-    lines = [
-        f"{k} = {_toml_value(v)}" for k, v in d.items() if v is not None and not isinstance(v, dict)
+    return "\n".join(_table(d, "")).lstrip("\n") + "\n"
+
+
+def _table(d: dict[str, Any], name: str) -> list[str]:
+    lines = [f"[{name}]"] if name else []
+    lines += [
+        f"{_key(k)} = {_toml_value(v)}"
+        for k, v in d.items()
+        if v is not None and not isinstance(v, dict)
     ]
     for k, v in d.items():
         if isinstance(v, dict):
-            lines += ["", f"[{k}]"] + [
-                f"{kk} = {_toml_value(vv)}" for kk, vv in v.items() if vv is not None
-            ]
-    return "\n".join(lines) + "\n"
+            lines += ["", *_table(v, f"{name}.{_key(k)}" if name else _key(k))]
+    return lines
+
+
+def _key(k: Any) -> str:
+    k = str(k)
+    return k if k and all(c.isascii() and (c.isalnum() or c in "_-") for c in k) else _toml_value(k)
 
 
 def _toml_value(v: Any) -> str:

@@ -16,16 +16,16 @@ import pytest
 import torch
 from bad_inputs import BadInput, check_bad_input, run_cli
 
-from lmlab.config import preset
 from lmlab.devices import check_device
 from lmlab.errors import InputError
+from lmlab.families import preset
 from lmlab.generate import generate, stream_generate
 from lmlab.generate.chat import Chat
 from lmlab.model import Transformer
+from lmlab.packaged import packaged_path
 from lmlab.settings import coerce, from_toml
 from lmlab.tokenizers import BPETokenizer, CharTokenizer, TokenizerError
 from lmlab.weights.checkpoint import save_checkpoint
-from lmlab.weights.packaged import packaged_path
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -266,8 +266,8 @@ CASES = [
     ),
     cli(
         "run-override-wrong-type",
-        r"max_steps='many' is not a whole number",
-        ["run", "addition", "--show-config", "--max_steps=many"],
+        r"train\.max_steps='many' is not a whole number",
+        ["run", "addition", "--show-config", "--train.max_steps=many"],
     ),
     cli(
         "demo-unknown-preset",

@@ -20,14 +20,14 @@ import torch
 from bad_inputs import REPO, BadInput, check_bad_input, folder_hashes
 
 import lmlab
+from lmlab import checkpoints as train_ckpt
 from lmlab.cli import main as cli_main
-from lmlab.config import preset
+from lmlab.families import preset
 from lmlab.model import Transformer
 from lmlab.peft import apply_lora, load_lora, save_lora
 from lmlab.runs import OLD_PREFIX, TMP_PREFIX
 from lmlab.steer import SteeringVector
 from lmlab.train import TrainConfig
-from lmlab.train import checkpoint as train_ckpt
 from lmlab.weights.checkpoint import save_checkpoint
 from lmlab.weights.export import export_hf
 
@@ -145,9 +145,10 @@ CASES: list[BadInput] = [
         argv=["export", "{d}/nope.safetensors", "{d}/out"],
     ),
     BadInput(
-        "export-hf-unsupported-family-names-format-flag",
-        r"not 'gemma3'; write an lmlab checkpoint instead: --format lmlab",
-        argv=["export", "gemma3-tiny", "{d}/out"],
+        "export-hf-inexpressible-knob-names-format-flag",
+        r"cannot express residual_scale=0.5 .*; write an lmlab checkpoint instead: --format lmlab",
+        argv=["export", "{d}/ck", "{d}/out"],
+        setup=lambda d: save_checkpoint(_model(residual_scale=0.5), d / "ck"),
     ),
     BadInput(
         "save-checkpoint-api-into-hf-model-folder",
@@ -292,7 +293,7 @@ def test_killed_export_is_cleaned_by_the_next(tmp_path) -> None:
     script = (
         "import os, sys\n"
         "from lmlab.weights import export\n"
-        "from lmlab.config import preset\n"
+        "from lmlab.families import preset\n"
         "from lmlab.model import Transformer\n"
         "real = export.save_file\n"
         "def killed(*a, **k):\n"

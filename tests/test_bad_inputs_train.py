@@ -17,12 +17,13 @@ import pytest
 import torch
 from bad_inputs import BadInput, check_bad_input
 
-from lmlab.config import preset
 from lmlab.data.prepare import prepare
 from lmlab.data.tasks.addition import CHARS
 from lmlab.data.tokens import write_meta, write_tokens
+from lmlab.families import preset
 from lmlab.model import Transformer
 from lmlab.rl import GRPOConfig, GRPOTrainer
+from lmlab.rl.config import grpo_train_config
 from lmlab.rl.tasks import RLTask
 from lmlab.settings import from_toml
 from lmlab.tokenizers.char import CharTokenizer
@@ -99,7 +100,7 @@ def _grpo_files(d: Path) -> None:
     """A GRPO run folder: its metrics and a checkpoint (content irrelevant for the refusal)."""
     (d / "grpo").mkdir()
     (d / "grpo" / "metrics.jsonl").write_text('{"step": 1}\n{"step": 2}\n')
-    (d / "grpo" / "grpo_ckpt_000002.pt").write_bytes(b"not read")
+    (d / "grpo" / "ckpt_000002.pt").write_bytes(b"not read")
 
 
 TOK = CharTokenizer(CHARS)
@@ -115,7 +116,7 @@ def _grpo(d: Path) -> GRPOTrainer:
     task = RLTask(train=rows, test=rows[:4], instruction="",
                   reward_funcs=[lambda prompts, completions, **_: [c.count("7") / 3 for c in completions]])  # fmt: skip
     cfg = GRPOConfig(chat=False, num_generations=2, prompts_per_step=2, micro_batch_size=4,
-                     max_new_tokens=3, max_steps=2, out_dir=str(d / "grpo"))  # fmt: skip
+                     max_new_tokens=3, train=grpo_train_config(max_steps=2, out_dir=str(d / "grpo")))  # fmt: skip
     tr = GRPOTrainer(model, TOK, cfg, task)
     tr.stop_ids = [11]
     return tr
@@ -129,7 +130,7 @@ def _grpo_run(d: Path) -> None:
 
 def _grpo_run_damaged(d: Path) -> None:
     _grpo_run(d)
-    (d / "grpo" / "grpo_ckpt_000002.pt").write_bytes(b"")
+    (d / "grpo" / "ckpt_000002.pt").write_bytes(b"")
 
 
 def _write(name: str, data: bytes):
@@ -246,13 +247,13 @@ CASES = [
     cli(
         "grpo-cli-rerun-into-run-folder",
         r"grpo already holds a GRPO run.*continue it with --resume",
-        ["rl", "grpo", "defaults", "--out_dir={d}/grpo"],
+        ["rl", "grpo", "defaults", "--train.out_dir={d}/grpo"],
         _grpo_files,
     ),
     cli(
         "grpo-cli-resume-no-checkpoint",
         r"no GRPO checkpoint in .*none; check out_dir",
-        ["rl", "grpo", "defaults", "--out_dir={d}/none", "--resume"],
+        ["rl", "grpo", "defaults", "--train.out_dir={d}/none", "--resume"],
     ),
     BadInput(
         "grpo-api-rerun-into-run-folder",
@@ -262,7 +263,7 @@ CASES = [
     ),
     BadInput(
         "grpo-api-resume-damaged",
-        r"no usable checkpoint in .*grpo: grpo_ckpt_000002\.pt is "
+        r"no usable checkpoint in .*grpo: ckpt_000002\.pt is "
         r"empty",
         call=lambda d: _grpo(d).load(),
         setup=_grpo_run_damaged,

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from lmlab.weights.packaged import packaged_path
+from lmlab.packaged import packaged_path
 
 fcntl = pytest.importorskip("fcntl")  # POSIX only
 termios = pytest.importorskip("termios")

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 import lmlab
-from lmlab.config import preset
 from lmlab.errors import OverwriteError
+from lmlab.families import preset
 from lmlab.model import Transformer
 from lmlab.tokenizers import CharTokenizer, TokenizerError
 from lmlab.weights import checkpoint

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from lmlab.config import Config
-from lmlab.interp import ablation, circuits
+from lmlab.interp import ablation, circuits, run_with_cache
 from lmlab.interp.toy_train import train
 from lmlab.model import Transformer
 
@@ -36,7 +36,7 @@ def tiny(**kw) -> Transformer:
 def test_qk_circuit_equals_the_models_attention_scores():
     m = tiny()
     toks = torch.tensor([[3, 7, 1, 19, 7, 0]])
-    _, cache = m.run_with_cache(toks, names_filter="blocks.0.attn.hook_attn_scores")
+    _, cache = run_with_cache(m, toks, names_filter="blocks.0.attn.hook_attn_scores")
     e = circuits.embed_vectors(m, toks[0])
     for h in range(2):
         want = cache["blocks.0.attn.hook_attn_scores"][0, h]
@@ -49,7 +49,7 @@ def test_ov_circuit_mixed_by_the_pattern_equals_the_head_output():
     m = tiny()
     toks = torch.tensor([[4, 9, 2, 2, 11]])
     names = ["blocks.0.attn.hook_pattern", "blocks.0.attn.hook_result"]
-    _, cache = m.run_with_cache(toks, names_filter=names)
+    _, cache = run_with_cache(m, toks, names_filter=names)
     e = circuits.embed_vectors(m, toks[0])
     for h in range(2):
         ov = circuits.ov_circuit(m, 0, h, e)  # [T, d]
@@ -61,7 +61,7 @@ def test_ov_circuit_mixed_by_the_pattern_equals_the_head_output():
 def test_to_logits_is_the_unembedding_up_to_a_positive_factor_per_row():
     m = tiny(n_layers=1)
     toks = torch.tensor([[5, 6, 7]])
-    logits, cache = m.run_with_cache(toks, names_filter="blocks.0.hook_resid_post")
+    logits, cache = run_with_cache(m, toks, names_filter="blocks.0.hook_resid_post")
     got = circuits.to_logits(m, cache["blocks.0.hook_resid_post"][0])
     ratio = logits[0] / got
     assert (ratio > 0).all()
@@ -139,7 +139,7 @@ def test_mean_ablation_of_the_mlp_writes_its_mean_output():
     means = ablation.mean_activations(m, toks, ["L0MLP"])
     names = ["blocks.0.hook_mlp_out"]
     with m.hooks(ablation.ablation_hooks(m, ["L0MLP"], means=means)):
-        _, cache = m.run_with_cache(toks, names_filter=names)
+        _, cache = run_with_cache(m, toks, names_filter=names)
     out = cache["blocks.0.hook_mlp_out"]
     torch.testing.assert_close(out, means[names[0]].expand_as(out))
 

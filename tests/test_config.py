@@ -5,7 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lmlab.config import PRESETS, PUBLISHED_PARAMS, Config, ConfigError, preset
+from lmlab.config import Config, ConfigError
+from lmlab.families import PRESETS, PUBLISHED_PARAMS, preset
+from lmlab.interp import run_with_cache
 from lmlab.model import Transformer
 
 # Published sizes checked against (PUBLISHED_PARAMS): GPT-2 124M / 355M / 774M and XL's checkpoint
@@ -56,6 +58,10 @@ def test_families_keep_their_signature_details():
         (dict(rope_scaling="yarn", positions="rope"), "rope_original_max_seq_len", "is required"),
         (dict(vocab_size=0), "vocab_size", "positive integer"),
         (dict(dropout=1.5), "dropout", "must be in"),
+        (dict(qk_norm=True, qk_norm_scope="layer"), "qk_norm_scope", "is not one of"),
+        (dict(positions="rope", rope_fraction=0.3), "rope_fraction", "even number of rotated"),
+        (dict(positions="rope", rope_fraction=0.0), "rope_fraction", "must be in (0, 1]"),
+        (dict(pre_norm=False), "pre_norm", "needs sandwich_norm=True"),
     ],
 )
 def test_bad_config_names_field_value_and_fix(changes, field, fix):
@@ -82,7 +88,7 @@ def _cached(change: dict, names: list[str]) -> tuple[Transformer, dict[str, torc
     torch.manual_seed(0)
     model = Transformer(preset("gpt2-tiny").replace(**change)).eval()
     tokens = torch.randint(0, 512, (2, 16), generator=torch.Generator().manual_seed(1))
-    logits, cache = model.run_with_cache(tokens, names_filter=names)
+    logits, cache = run_with_cache(model, tokens, names_filter=names)
     assert logits.shape == (2, 16, 512) and torch.isfinite(logits).all()
     return model, {n: cache[n] for n in names}
 

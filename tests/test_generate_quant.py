@@ -6,8 +6,8 @@ import pytest
 import torch
 from kernel_paths import PATHS, spy, use_path
 
-from lmlab.config import preset
 from lmlab.errors import DeviceError
+from lmlab.families import preset
 from lmlab.generate import generate
 from lmlab.generate.quantize import DynamicInt8Linear, Int8Linear, quantize_int8, quantize_weight
 from lmlab.model import Transformer

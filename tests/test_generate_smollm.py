@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from lmlab.generate import generate, stream_generate
-from lmlab.weights.packaged import packaged_path
+from lmlab.packaged import packaged_path
 
 transformers = pytest.importorskip("transformers")
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 from kernel_paths import PATHS, spy, use_path
 
-from lmlab.config import preset
+from lmlab.families import preset
 from lmlab.generate.generate import left_pad
 from lmlab.model import Transformer
 from lmlab.rl.grpo import (
@@ -201,10 +201,11 @@ def test_compiled_rollout_equals_eager_and_follows_weight_updates():
 @pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("mode", ["float32", "autocast", "bf16-weights"])
 def test_packed_decoding_equals_plain_decoding(mode, path, monkeypatch):
-    """Rollouts decode with weights packed once for the CPU GEMM (`packed_linears`, q/k/v and
+    """Rollouts decode with weights packed once for the CPU GEMM (`PackedWeights`, q/k/v and
     gate/up stacked into one matmul each): the same completions and log-probs as the plain
-    `nn.Linear` path, and the modules are restored. Where the packed kernel is off (an AVX2-only
-    CPU for bf16, or LMLAB_KERNELS=plain) nothing is packed and the plain path gives the same."""
+    `nn.Linear` path, and the model's modules are never changed. Where the packed kernel is off (an
+    AVX2-only CPU for bf16, or LMLAB_KERNELS=plain) nothing is packed and the plain path gives the
+    same."""
     from lmlab.generate import packed
 
     use_path(path, "packed_fp32" if mode == "float32" else "packed_bf16", monkeypatch)
@@ -212,6 +213,7 @@ def test_packed_decoding_equals_plain_decoding(mode, path, monkeypatch):
     prompts = [[1, 2, 3, 4, 5], [1, 2, 7]]
     packs = spy(monkeypatch, "mkl", "_mkl_reorder_linear_weight")
     packs_bf16 = spy(monkeypatch, "mkldnn", "_reorder_linear_weight")
+    before = {n: (type(m), dict(vars(m))) for n, m in model.named_modules()}
     runs, can_pack = [], packed.can_pack
     for use in (True, False):
         if not use:
@@ -221,36 +223,49 @@ def test_packed_decoding_equals_plain_decoding(mode, path, monkeypatch):
     assert bool(packs_bf16 if mode != "float32" else packs) == (path == "fast")
     assert runs[0].completions == runs[1].completions
     torch.testing.assert_close(runs[0].logps, runs[1].logps, atol=1e-6, rtol=0)
-    assert not any("forward" in vars(m) for m in model.modules())
-    assert all(b.attn.fused_qkv is None and b.mlp.fused_gate_up is None for b in model.blocks)
+    # nothing was set on, or replaced in, the model's modules; its weights are plain again
+    assert {n: (type(m), dict(vars(m))) for n, m in model.named_modules()} == before
+    assert all(type(p) is torch.nn.Parameter for p in model.parameters())
     if path == "fallback":
         monkeypatch.setattr(packed, "can_pack", can_pack)
         with torch.no_grad(), torch.autocast("cpu", torch.bfloat16, enabled=mode == "autocast"):
             assert not can_pack(model, 3)
-            with packed.packed_linears(model, 3):
-                assert not any("forward" in vars(m) for m in model.modules())
         assert not packs and not packs_bf16
         return
     monkeypatch.undo()
-    x = torch.randn(3, 32, dtype=model.unembed.weight.dtype)
+    x = torch.randn(3, 1, 32, dtype=model.unembed.weight.dtype)
     attn, mlp = model.blocks[0].attn, model.blocks[0].mlp
     with torch.no_grad():
-        qkv, gate_up = (
-            torch.cat([attn.q(x), attn.k(x), attn.v(x)], -1),
-            torch.cat([mlp.gate(x), mlp.up(x)], -1),
-        )
-    with torch.no_grad(), packed.packed_linears(model, 3):
-        assert sum("forward" in vars(m) for m in model.modules()) == 2 * 2 + 1  # o, down; head
-        torch.testing.assert_close(model.unembed(x), x @ model.unembed.weight.T)
-        torch.testing.assert_close(attn.fused_qkv(x), qkv)
-        torch.testing.assert_close(mlp.fused_gate_up(x), gate_up)
-        assert mlp.fused_gate_up(x[:2]).shape == (
-            2,
-            2 * model.cfg.d_ff,
-        )  # other row counts work too
+        plain = {"q": attn.q(x), "k": attn.k(x), "v": attn.v(x), "head": model.to_logits(x)}
+        weights = packed.PackedWeights(model, 3)
+        # one packed weight per plain linear: q/k/v and gate/up share one matmul per module
+        names = set(weights.tensors)
+        assert names == {
+            n
+            for n, p in model.named_parameters()
+            if n.endswith("weight")
+            and isinstance(model.get_submodule(n[: -len(".weight")]), torch.nn.Linear)
+        }
+        groups = {id(w.group) for w in weights.tensors.values()}
+        assert len(groups) == len(weights.tensors) - 2 * 2 - 1 * 2  # q/k/v: 3 -> 1, gate/up: 2 -> 1
+        torch.testing.assert_close(weights.logits(x), plain["head"])
+        # the packed q/k/v product serves k and v only for the input q saw
+        q = weights.tensors["blocks.0.attn.q.weight"]
+        k = weights.tensors["blocks.0.attn.k.weight"]
+        assert q.group.output(0, x) is not None and k.group.output(1, x.clone()) is None
+        torch.testing.assert_close(torch.nn.functional.linear(x, q, attn.q.bias), plain["q"])
+        torch.testing.assert_close(torch.nn.functional.linear(x, k, attn.k.bias), plain["k"])
+        assert weights.tensors["blocks.0.attn.v.weight"].group.output(2, x) is not None
+        gate, up = (weights.tensors[f"blocks.0.mlp.{n}.weight"] for n in ("gate", "up"))
+        assert gate.group is up.group
+        torch.testing.assert_close(torch.nn.functional.linear(x, gate, None), mlp.gate(x))
+        torch.testing.assert_close(torch.nn.functional.linear(x, up, None), mlp.up(x))
+        # other row counts take the plain path (float32) or the same oneDNN kernel (bf16)
+        y = torch.randn(2, 1, 32, dtype=x.dtype)
+        torch.testing.assert_close(torch.nn.functional.linear(y, q, attn.q.bias), attn.q(y))
     handle = attn.k.register_forward_hook(lambda *a: None)  # a hooked projection is not fused
-    with torch.no_grad(), packed.packed_linears(model, 3):
-        assert (
-            attn.fused_qkv is None and "forward" in vars(attn.q) and "forward" not in vars(attn.k)
-        )
+    with torch.no_grad():
+        hooked = packed.PackedWeights(model, 3).tensors
+    assert "blocks.0.attn.k.weight" not in hooked
+    assert hooked["blocks.0.attn.q.weight"].group.sizes == [attn.q.out_features]
     handle.remove()

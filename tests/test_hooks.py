@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lmlab.config import preset
+from lmlab.families import preset
 from lmlab.hooks import HookError
+from lmlab.interp import run_with_cache
 from lmlab.model import Transformer
 
 TINY = ["gpt2-tiny", "llama-tiny", "mistral-tiny", "gemma3-tiny", "gpt-oss-tiny", "bert-tiny"]
@@ -54,7 +55,7 @@ def test_run_with_cache_records_every_hook(name):
     m, tokens = model_and_tokens(name)
     with torch.no_grad():
         plain = m(tokens)
-        out, cache = m.run_with_cache(tokens)
+        out, cache = run_with_cache(m, tokens)
     # every hook fires, except those that do not exist for this family (no positions to embed, ...)
     expected = set(m.hook_names())
     if m.pos_embed is None:
@@ -92,7 +93,7 @@ def test_run_with_cache_records_every_hook(name):
 
 def test_causal_pattern_is_lower_triangular_and_window_respected():
     m, tokens = model_and_tokens("mistral-tiny", T=40)
-    _, cache = m.run_with_cache(tokens, names_filter="blocks.0.attn.hook_pattern")
+    _, cache = run_with_cache(m, tokens, names_filter="blocks.0.attn.hook_pattern")
     p = cache["pattern", 0]
     i = torch.arange(40)
     rel = i[:, None] - i[None, :]
@@ -151,7 +152,7 @@ def test_backward_hooks_see_gradients():
 
 def test_moe_hooks_show_each_tokens_experts():
     m, tokens = model_and_tokens("gpt-oss-tiny")
-    _, cache = m.run_with_cache(tokens, names_filter=lambda n: ".mlp." in n)
+    _, cache = run_with_cache(m, tokens, names_filter=lambda n: ".mlp." in n)
     k, E = m.cfg.top_k, m.cfg.n_experts
     assert cache["post", 0].shape == (2, 20, k, m.cfg.d_ff)
     assert cache["router_logits", 0].shape == (2, 20, E)
@@ -167,7 +168,7 @@ def test_moe_hooks_show_each_tokens_experts():
 
 def test_stop_at_layer_returns_residual():
     m, tokens = model_and_tokens("llama-tiny")
-    _, cache = m.run_with_cache(tokens, names_filter="blocks.1.hook_resid_pre")
+    _, cache = run_with_cache(m, tokens, names_filter="blocks.1.hook_resid_pre")
     resid = m(tokens, stop_at_layer=1)
     assert torch.allclose(resid, cache["resid_pre", 1])
 
@@ -179,7 +180,9 @@ def test_start_at_layer_continues_from_a_residual(name):
     mask = torch.ones_like(tokens)
     mask[0, -2:] = 0
     full = m(tokens, attention_mask=mask, return_hidden=True)
-    _, cache = m.run_with_cache(tokens, attention_mask=mask, names_filter="blocks.1.hook_resid_pre")
+    _, cache = run_with_cache(
+        m, tokens, attention_mask=mask, names_filter="blocks.1.hook_resid_pre"
+    )
     resumed = m(cache["resid_pre", 1], attention_mask=mask, start_at_layer=1, return_hidden=True)
     torch.testing.assert_close(resumed, full, atol=1e-5, rtol=1e-5)
     with pytest.raises(ValueError, match=r"pass the residual stream \[B, T, \d+\]"):
@@ -191,6 +194,6 @@ def test_bad_hook_names_suggest_near_ones():
     with pytest.raises(HookError, match=r"blocks\.0\.attn\.hook_pattern"):
         m.run_with_hooks(tokens, fwd_hooks=[("blocks.0.attn.hook_patern", lambda x, h: None)])
     with pytest.raises(HookError, match="matched no hook point"):
-        m.run_with_cache(tokens, names_filter=lambda n: "nothing" in n)
+        run_with_cache(m, tokens, names_filter=lambda n: "nothing" in n)
     with pytest.raises(ValueError, match="expected a tensor of shape"):
         m.run_with_hooks(tokens, fwd_hooks=[("hook_embed", lambda x, h: x[:, :1])])

@@ -3,12 +3,25 @@ patching, sinks, probes and plots; bad input gives clear errors."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
-from lmlab.config import preset
+from lmlab.families import preset
 from lmlab.hooks import HookError
-from lmlab.interp import attribution, heads, lens, patching, probes, sinks, viz
+from lmlab.interp import (
+    act_name,
+    attribution,
+    heads,
+    hook_name,
+    lens,
+    patching,
+    probes,
+    run_with_cache,
+    sinks,
+    viz,
+)
 from lmlab.model import Transformer
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # see tests/conftest.py
@@ -33,7 +46,7 @@ def toks(m: Transformer, B: int = 2, T: int = 12, seed: int = 1) -> torch.Tensor
 def test_decompose_resid_sums_to_residual_and_dla_sums_to_logits(name):
     m = tiny(name)
     x = toks(m)
-    logits, cache = m.run_with_cache(x)
+    logits, cache = run_with_cache(m, x)
     stack, labels = cache.decompose_resid(return_labels=True)
     assert labels[0] == "embed" and labels[-1] == f"{m.cfg.n_layers - 1}_mlp_out"
     assert torch.allclose(stack.sum(0), cache["resid_post", m.cfg.n_layers - 1], atol=1e-5)
@@ -49,14 +62,14 @@ def test_decompose_resid_sums_to_residual_and_dla_sums_to_logits(name):
 def test_head_results_sum_to_attention_output_and_neurons_to_mlp():
     m = tiny("gpt2-tiny")
     x = toks(m)
-    _, cache = m.run_with_cache(x)
+    _, cache = run_with_cache(m, x)
     heads_stack, labels = cache.stack_head_results(return_labels=True)
     L, H = m.cfg.n_layers, m.cfg.n_heads
     assert heads_stack.shape == (L * H, 2, 12, m.cfg.d_model) and labels[H] == "L1H0"
     per_layer = heads_stack.view(L, H, 2, 12, -1).sum(1) + m.blocks[0].attn.o.bias
     assert torch.allclose(per_layer[0], cache["attn_out", 0], atol=1e-5)
     # per-head results are computed from z on demand: no hook_result needed in the cache
-    _, small = m.run_with_cache(x, names_filter=lambda n: n.endswith(("hook_z", "resid_post")))
+    _, small = run_with_cache(m, x, names_filter=lambda n: n.endswith(("hook_z", "resid_post")))
     assert torch.allclose(small.stack_head_results(pos_slice=-1), heads_stack[:, :, -1], atol=1e-5)
     answer, wrong = 5, 9
     by_head = attribution.dla_by_head(cache, answer, wrong)
@@ -75,7 +88,7 @@ def test_head_results_sum_to_attention_output_and_neurons_to_mlp():
 def test_accumulated_resid_and_logit_lens_end_at_the_output():
     m = tiny()
     x = toks(m)
-    logits, cache = m.run_with_cache(x)
+    logits, cache = run_with_cache(m, x)
     _, labels = cache.accumulated_resid(return_labels=True, incl_mid=True)
     assert labels == ["0_pre", "0_mid", "1_pre", "1_mid", "final_post"]
     lens_logits = lens.layer_logits(m, x, pos=-1)
@@ -94,14 +107,14 @@ def test_accumulated_resid_and_logit_lens_end_at_the_output():
 def test_cache_only_what_is_asked_and_stop_early():
     m = tiny()
     x = toks(m)
-    out, cache = m.run_with_cache(x, names_filter="blocks.0.hook_resid_post", stop_at_layer="auto")
+    out, cache = run_with_cache(m, x, names_filter="blocks.0.hook_resid_post", stop_at_layer="auto")
     assert cache.keys() == ["blocks.0.hook_resid_post"]
     assert torch.allclose(out, cache["resid_pre", 1] if "blocks.1.hook_resid_pre" in cache else out)
     assert out.shape == (2, 12, m.cfg.d_model)  # stopped: the residual, not logits
-    _, full = m.run_with_cache(x, names_filter="blocks.1.hook_resid_pre")
+    _, full = run_with_cache(m, x, names_filter="blocks.1.hook_resid_pre")
     assert torch.allclose(out, full["resid_pre", 1], atol=1e-6)
     assert not out.requires_grad
-    _, g = m.run_with_cache(x, names_filter="blocks.0.hook_resid_post", grads=True)
+    _, g = run_with_cache(m, x, names_filter="blocks.0.hook_resid_post", grads=True)
     assert g["resid_post", 0].requires_grad
 
 
@@ -109,16 +122,16 @@ def test_bad_input_gives_clear_errors():
     m = tiny("gpt2-tiny")
     x = toks(m)
     with pytest.raises(HookError, match=r"Did you mean blocks\.0\.hook_resid_pre"):
-        m.run_with_cache(x, names_filter="blocks.0.hook_resid_pr")
+        run_with_cache(m, x, names_filter="blocks.0.hook_resid_pr")
     with pytest.raises(HookError, match="matched no hook point"):
-        m.run_with_cache(x, names_filter=lambda n: "nope" in n)
+        run_with_cache(m, x, names_filter=lambda n: "nope" in n)
     with pytest.raises(HookError, match="empty list"):
-        m.run_with_cache(x, names_filter=[])
+        run_with_cache(m, x, names_filter=[])
     with pytest.raises(HookError, match="would never fire"):
-        m.run_with_cache(x, names_filter="blocks.1.hook_resid_post", stop_at_layer=1)
+        run_with_cache(m, x, names_filter="blocks.1.hook_resid_post", stop_at_layer=1)
     with pytest.raises(ValueError, match="stop_at_layer=9"):
-        m.run_with_cache(x, stop_at_layer=9)
-    _, cache = m.run_with_cache(x, names_filter="blocks.0.hook_resid_pre")
+        run_with_cache(m, x, stop_at_layer=9)
+    _, cache = run_with_cache(m, x, names_filter="blocks.0.hook_resid_pre")
     with pytest.raises(HookError, match="not in this cache"):
         cache.decompose_resid()
     with pytest.raises(HookError, match="Did you mean pattern"):
@@ -137,7 +150,7 @@ def test_bad_input_gives_clear_errors():
         patching.patch_by_position(m, x, toks(m, seed=2), lambda lg: lg[:, -1, :3])
     with pytest.raises(ValueError, match="sandwich norm"):
         m2 = tiny("gemma3-tiny")
-        m2.run_with_cache(toks(m2))[1].stack_head_results()
+        run_with_cache(m2, toks(m2))[1].stack_head_results()
 
 
 def test_patching_recovers_clean_run_and_attribution_agrees():
@@ -157,12 +170,12 @@ def test_patching_recovers_clean_run_and_attribution_agrees():
         m,
         corrupt,
         "blocks.0.hook_resid_pre",
-        m.run_with_cache(clean, names_filter="blocks.0.hook_resid_pre")[1]["resid_pre", 0],
+        run_with_cache(m, clean, names_filter="blocks.0.hook_resid_pre")[1]["resid_pre", 0],
         metric,
     )
     assert one == pytest.approx(1.0, abs=1e-4)
     # one batched run = the same numbers as patching one position at a time
-    _, cc = m.run_with_cache(clean, names_filter="blocks.1.hook_resid_pre")
+    _, cc = run_with_cache(m, clean, names_filter="blocks.1.hook_resid_pre")
     single = patching.patch_activation(
         m,
         corrupt,
@@ -250,7 +263,7 @@ def test_probes_find_a_linear_feature_and_not_noise():
 def test_plots_are_written(tmp_path):
     m = tiny()
     x = toks(m, 1, 8)
-    _, cache = m.run_with_cache(x, names_filter=lambda n: n.endswith("hook_pattern"))
+    _, cache = run_with_cache(m, x, names_filter=lambda n: n.endswith("hook_pattern"))
     pats = torch.stack([cache["pattern", i][0] for i in range(m.cfg.n_layers)])
     words = [f"t{i}" for i in range(8)]
     files = [
@@ -263,3 +276,76 @@ def test_plots_are_written(tmp_path):
     ]
     for f in files:
         assert f.stat().st_size > 2000 and f.read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.parametrize("name", ["gpt2-tiny", "llama-tiny", "gemma3-tiny", "olmo2-tiny"])
+def test_apply_ln_to_stack_is_the_models_own_norm(name):
+    m = tiny(name)
+    with torch.no_grad():  # norm weights away from their init, so Gemma's (1 + w) matters
+        for p in m.parameters():
+            if p.dim() == 1:
+                p.normal_(0, 0.3)
+    _, cache = run_with_cache(m, toks(m))
+    L = m.cfg.n_layers
+    checked = 0
+    for layer, norm, resid, want in [
+        (
+            None,
+            m.ln_final,
+            cache["resid_post", L - 1],
+            cache.cache_dict.get("ln_final.hook_normalized"),
+        ),
+        (
+            1,
+            m.blocks[1].ln1,
+            cache["resid_pre", 1],
+            cache.cache_dict.get("blocks.1.ln1.hook_normalized"),
+        ),
+    ]:
+        if norm is None:  # OLMo 2 has no norm before its sublayers
+            with pytest.raises(ValueError, match="no norm before block 1"):
+                cache.apply_ln_to_stack(resid[None], layer)
+            continue
+        bias = norm.bias if norm.bias is not None else 0.0
+        whole = cache.apply_ln_to_stack(resid[None], layer)[0] + bias
+        assert torch.allclose(whole, want, atol=1e-5)  # one component: the norm's own output
+        pieces = cache.apply_ln_to_stack(torch.stack([0.3 * resid, 0.7 * resid]), layer)
+        assert torch.allclose(pieces.sum(0) + bias, want, atol=1e-5)  # linear at the stream's scale
+        checked += 1
+    assert checked >= 1
+
+
+def test_short_names_come_from_the_models_hook_names():
+    m = tiny("gemma3-tiny")  # QK-norm and sandwich norms: hooks the TransformerLens table never had
+    _, cache = run_with_cache(m, toks(m))
+    assert cache["scale", 0, "attn.q_norm"] is cache["blocks.0.attn.q_norm.hook_scale"]
+    assert cache["normalized", 1, "ln2_post"] is cache["blocks.1.ln2_post.hook_normalized"]
+    assert (
+        cache["normalized", 1] is cache["blocks.1.ln1.hook_normalized"]
+    )  # TransformerLens's default
+    assert cache["normalized"] is cache["ln_final.hook_normalized"]
+    assert cache["attn", 1] is cache["pattern", 1]
+    assert [t.shape for t in cache.layers("pattern")] == [
+        cache["pattern", 0].shape
+    ] * m.cfg.n_layers
+    for short in ("resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out", "q", "k", "v"):
+        assert act_name(short, 1) == hook_name(m, short, 1)  # the no-model rule agrees
+    for short in ("rot_q", "rot_k", "attn_scores", "pattern", "z", "result", "pre", "post"):
+        assert act_name(short, 1) == hook_name(m, short, 1)
+    assert act_name("embed") == hook_name(m, "embed") == "hook_embed"
+    olmo = tiny("olmo2-tiny")  # no ln1: a bare ("normalized", 0) is ambiguous
+    with pytest.raises(HookError, match="several modules"):
+        hook_name(olmo, "normalized", 0)
+    with pytest.raises(HookError, match="give a layer"):
+        cache["z"]
+    with pytest.raises(HookError, match="Did you mean pattern"):
+        cache["patern", 0]
+
+
+def test_norm_maths_lives_only_in_the_model():
+    lmlab_dir = Path(__file__).resolve().parents[1] / "lmlab"
+    for f in [lmlab_dir / "hooks.py", *sorted((lmlab_dir / "interp").glob("*.py"))]:
+        text = f.read_text()
+        assert "rmsnorm_gemma" not in text and ".eps" not in text, (
+            f"{f.name} re-implements a norm; use the model's Norm (linear, divisor, weight_applied)"
+        )

@@ -7,8 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lmlab.config import preset
 from lmlab.data.tasks.induction import induction_batch
+from lmlab.families import preset
 from lmlab.interp import heads
 from lmlab.model import Transformer
 

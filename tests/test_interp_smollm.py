@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lmlab.interp import patching, viz
-from lmlab.weights.packaged import packaged_path
+from lmlab.interp import patching, run_with_cache, viz
+from lmlab.packaged import packaged_path
 
 NAME = "smollm2-135m-instruct"
 pytestmark = pytest.mark.slow
@@ -28,7 +28,7 @@ def smollm():
 def test_activations_match_transformer_bridge(smollm):
     model, tok = smollm
     pytest.importorskip("transformer_lens")
-    from lmlab.interp.reference import boot_bridge
+    from tests.tl_reference import boot_bridge
 
     bridge = boot_bridge()
     ids = torch.tensor(
@@ -51,7 +51,7 @@ def test_activations_match_transformer_bridge(smollm):
         "ln_final.hook_normalized",
     ]
     with torch.no_grad():
-        ours_logits, ours = model.run_with_cache(ids, names_filter=names)
+        ours_logits, ours = run_with_cache(model, ids, names_filter=names)
         tl_logits, theirs = bridge.run_with_cache(ids, names_filter=lambda n: n in names)
     worst, raw = {}, {}
     for n in names:

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lmlab.config import preset
+from lmlab.families import preset
 from lmlab.linear_cross_entropy import linear_cross_entropy
 from lmlab.model import Transformer
 

@@ -15,9 +15,9 @@ import torch
 from safetensors.torch import save_file
 
 import lmlab
+from lmlab.packaged import packaged_path
 from lmlab.weights import load as load_mod
 from lmlab.weights.errors import WeightsError
-from lmlab.weights.packaged import packaged_path
 
 transformers = pytest.importorskip("transformers")
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from lmlab.config import preset
+from lmlab.families import preset
 from lmlab.model import Transformer
 from lmlab.optim import Muon, muon_param_groups
 from lmlab.optim.newton_schulz import orthogonalize
@@ -195,16 +195,15 @@ def test_muon_vs_adamw_recipe_smoke(shared_data, tmp_path):
 
     from lmlab.recipes import muon_vs_adamw
     from lmlab.runs import RunDir
+    from lmlab.settings import from_toml
 
     data_file(shared_data, "tinyshakespeare.txt")
-    cfg = muon_vs_adamw.Config(
-        max_steps=6,
-        warmup_steps=2,
-        eval_interval=3,
-        eval_iters=1,
-        adamw_lrs=(1e-2,),
-        muon_lrs=(0.03,),
-    )
+    cfg = from_toml(
+        muon_vs_adamw.Config,
+        None,
+        ["--train.max_steps=6", "--train.warmup_steps=2", "--train.eval_interval=3",
+         "--train.eval_iters=1", "--adamw_lrs=1e-2", "--muon_lrs=0.03"],
+    )  # fmt: skip
     out = RunDir.create("muon-vs-adamw", tmp_path)
     metrics = muon_vs_adamw.run(cfg, out)
     # both learn in 6 steps: below uniform over 65 characters (ln 65 = 4.17); measured 3.41 / 3.56

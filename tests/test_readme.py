@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from lmlab.weights.packaged import packaged_path
+from lmlab.packaged import packaged_path
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 

@@ -26,8 +26,9 @@ def _run(recipe, cfg, tmp_path) -> tuple[dict, RunDir]:
 
 def test_max_circuit_small(tmp_path):
     cfg = max_circuit.Config(
-        max_value=24, length=5, d_model=32, steps=500, batch=64, eval_every=100, eval_lists=1024
-    )
+        train=max_circuit.default_train().replace(max_steps=500, batch_size=64, eval_interval=100),
+        max_value=24, length=5, d_model=32, eval_lists=1024,
+    )  # fmt: skip
     m, out = _run(max_circuit, cfg, tmp_path)
     assert m["held_out_accuracy"] >= 0.99
     head = m["heads"][0]
@@ -40,13 +41,11 @@ def test_max_circuit_small(tmp_path):
 
 def test_trigram_small(tmp_path):
     cfg = trigram.Config(
+        train=trigram.default_train().replace(block_size=32, max_steps=600, lr=5e-3),
         vocab_size=16,
-        block_size=32,
         branching=2,
         d_model=32,
         d_ff=128,
-        steps=600,
-        lr=5e-3,
         eval_seqs=128,
         neuron_sweep_seqs=32,
     )
@@ -61,13 +60,12 @@ def test_trigram_small(tmp_path):
 @pytest.mark.slow
 def test_induction_formation_small(tmp_path):
     cfg = induction_formation.Config(
+        train=induction_formation.default_train().replace(max_steps=1200, lr=3e-3),
         vocab_size=32,
         d_model=32,
         n_heads=1,
         min_repeat=6,
         max_repeat=16,
-        steps=1200,
-        lr=3e-3,
         eval_repeat=12,
         eval_batch=32,
     )

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
+from lmlab.packaged import PACKAGED, packaged_path
 from lmlab.runs import RunDir
-from lmlab.weights.packaged import PACKAGED, packaged_path
 from tests.conftest import data_file
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # see tests/conftest.py

@@ -12,8 +12,8 @@ import pytest
 
 from lmlab import recipes
 from lmlab.cli import main as cli
+from lmlab.packaged import packaged_path
 from lmlab.runs import RunDir
-from lmlab.weights.packaged import packaged_path
 from tests.conftest import data_file
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # see tests/conftest.py
@@ -35,9 +35,10 @@ def _run(name: str, tmp_path, **kw) -> tuple[dict, RunDir]:
 @pytest.mark.slow
 def test_spam_classification_small_budget(shared_data, smollm2_installed, tmp_path) -> None:
     data_file(shared_data, "sms_spam_collection.tsv")
+    spam = recipes.get("spam-classification")
     metrics, out = _run(
         "spam-classification", tmp_path, per_class=100, n_layers=8, train_blocks=1, max_len=48,
-        epochs=5, batch_size=8, lr=3e-4,
+        epochs=5, train=spam.default_train().replace(batch_size=8, lr=3e-4),
     )  # fmt: skip
     assert metrics["sizes"] == {"train": 140, "val": 20, "test": 40}
     assert metrics["test_accuracy"] >= 0.85, metrics["history"]  # 92.5% measured (full run: 97.3%)

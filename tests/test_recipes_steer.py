@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 
 from lmlab import recipes
+from lmlab.packaged import packaged_path
 from lmlab.runs import RunDir
-from lmlab.weights.packaged import packaged_path
 from tests.conftest import data_file
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # see tests/conftest.py

@@ -10,17 +10,20 @@ import pytest
 import torch
 
 from lmlab import recipes
-from lmlab.config import ConfigError, preset
+from lmlab.config import ConfigError
 from lmlab.data.tokens import write_meta, write_tokens
+from lmlab.families import preset
 from lmlab.model import Transformer
 from lmlab.runs import RunDir
+from lmlab.settings import from_toml
 from tests.conftest import data_file
 
 
-def _run(name: str, tmp_path, **kw) -> tuple[dict, RunDir]:
+def _run(name: str, tmp_path, *overrides: str) -> tuple[dict, RunDir]:
+    """Run recipe `name` with `--key=value` settings, built as `lmlab run` builds them."""
     mod = recipes.get(name)
     out = RunDir.create(name, tmp_path)
-    return mod.run(mod.Config(**kw), out), out
+    return mod.run(from_toml(mod.Config, None, list(overrides)), out), out
 
 
 BLOCK = 32  # block_size of the tiny GPU-recipe runs below
@@ -73,8 +76,9 @@ def test_addition_defaults_reach_99_percent(tmp_path, capsys):
 def test_addition_short_run_learns_two_digit_sums(tmp_path):
     """300 steps on 2-digit sums: 70.0% exact match on 200 held-out pairs (seeds 1, 2: 61.5%,
     88.0%); chance is about 0.1% (three answer digits)."""
-    metrics, out = _run("addition", tmp_path, digits=2, max_steps=300, eval_interval=300,
-                        n_test=200, lr=1e-2, min_lr=1e-3, warmup_steps=20, target=2.0)  # fmt: skip
+    metrics, out = _run("addition", tmp_path, "--digits=2", "--train.max_steps=300",
+                        "--train.eval_interval=300", "--n_test=200", "--train.lr=1e-2",
+                        "--train.min_lr=1e-3", "--train.warmup_steps=20", "--target=2.0")  # fmt: skip
     assert metrics["test_exact_match"] >= 0.5 and metrics["steps"] == 300
     assert len(metrics["samples"]) == 8 and "exact match" in out.file("report.md").read_text()
 
@@ -85,17 +89,17 @@ def test_shakespeare_char_tiny(shared_data, tmp_path, monkeypatch, capsys):
     metrics, out = _run(
         "shakespeare-char",
         tmp_path,
-        d_model=32,
-        n_layers=1,
-        n_heads=2,
-        block_size=32,
-        batch_size=16,
-        max_steps=200,
-        eval_interval=100,
-        eval_iters=4,
-        warmup_steps=10,
-        threads=1,
-        sample_chars=40,
+        "--train.model_overrides.d_model=32",
+        "--train.model_overrides.n_layers=1",
+        "--train.model_overrides.n_heads=2",
+        "--train.block_size=32",
+        "--train.batch_size=16",
+        "--train.max_steps=200",
+        "--train.eval_interval=100",
+        "--train.eval_iters=4",
+        "--train.warmup_steps=10",
+        "--train.threads=1",
+        "--sample_chars=40",
     )
     assert metrics["val_loss"] < 2.8  # ln(65) = 4.17 at chance
     assert "sample:" in capsys.readouterr().out and (out.path / "loss.png").is_file()
@@ -108,16 +112,17 @@ def test_pretrain_then_finetune_tiny(shared_data, tmp_path, monkeypatch):
     metrics, out = _run(
         "pretrain-then-finetune",
         tmp_path,
-        d_model=32,
-        n_layers=1,
-        n_heads=2,
-        block_size=32,
-        batch_size=16,
-        pretrain_steps=120,
-        finetune_steps=20,
-        eval_interval=10,
-        eval_iters=4,
-        threads=1,
+        "--train.model_overrides.d_model=32",
+        "--train.model_overrides.n_layers=1",
+        "--train.model_overrides.n_heads=2",
+        "--train.block_size=32",
+        "--train.batch_size=16",
+        "--train.max_steps=120",
+        "--train.warmup_steps=12",
+        "--finetune_max_steps=20",
+        "--train.eval_interval=10",
+        "--train.eval_iters=4",
+        "--train.threads=1",
     )
     assert metrics["finetuned_val_loss"] < metrics["scratch_val_loss"]
     assert "| step | finetuned | from scratch |" in out.file("report.md").read_text()
@@ -135,15 +140,16 @@ def test_ablations_tiny_every_variant_learns_and_differs(shared_data, tmp_path, 
     results, out = _run(
         "ablations",
         tmp_path,
-        d_model=32,
-        n_layers=1,
-        n_heads=2,
-        block_size=16,
-        batch_size=8,
-        steps=60,
-        eval_interval=60,
-        eval_iters=4,
-        threads=1,
+        "--train.model_overrides.d_model=32",
+        "--train.model_overrides.n_layers=1",
+        "--train.model_overrides.n_heads=2",
+        "--train.block_size=16",
+        "--train.batch_size=8",
+        "--train.max_steps=60",
+        "--train.warmup_steps=6",
+        "--train.eval_interval=60",
+        "--train.eval_iters=4",
+        "--train.threads=1",
     )
     base = results.pop("baseline (GPT-2)")
     assert set(results) == {"MQA (1 kv head)", "SwiGLU (param-matched)", "RoPE", "QuickGELU",
@@ -172,7 +178,7 @@ def test_gpu_recipes_refuse_without_gpu(tmp_path):
 def test_gpu_recipe_configs_build():
     with torch.device("meta"):
         oss = Transformer(preset("gpt-oss-588m"))
-        gpt2 = Transformer(preset("gpt2", vocab_size=recipes.get("gpt2-124m").Config().vocab_size))
+        gpt2 = Transformer(recipes.get("gpt2-124m").Config().train.model_config())
     assert abs(sum(p.numel() for p in oss.parameters()) - 588e6) / 588e6 < 0.01
     assert abs(sum(p.numel() for p in gpt2.parameters()) - 124.5e6) / 124e6 < 0.01
 
@@ -185,24 +191,24 @@ def test_gpu_recipe_tiny_variant_on_cpu(name, model, tmp_path, token_folder, one
     metrics, out = _run(
         name,
         tmp_path,
-        model=model,
-        require_gpu=False,
-        data=str(token_folder),
-        device="cpu",
-        compile=False,
-        dtype="float32",
-        block_size=BLOCK,
-        batch_size=8,
-        grad_accum=2,
-        max_steps=40,
-        warmup_steps=4,
-        lr=3e-3,
-        min_lr=3e-4,
-        eval_interval=20,
-        eval_iters=2,
-        log_interval=5,
-        checkpoint_interval=20,
-        vocab_size=0,
+        f"--train.model={model}",
+        "--require_gpu=false",
+        f"--train.data={token_folder}",
+        "--train.device=cpu",
+        "--train.compile=false",
+        "--train.dtype=float32",
+        f"--train.block_size={BLOCK}",
+        "--train.batch_size=8",
+        "--train.grad_accum=2",
+        "--train.max_steps=40",
+        "--train.warmup_steps=4",
+        "--train.lr=3e-3",
+        "--train.min_lr=3e-4",
+        "--train.eval_interval=20",
+        "--train.eval_iters=2",
+        "--train.log_interval=5",
+        "--train.checkpoint_interval=20",
+        "--train.model_overrides.vocab_size=257",  # the byte shards' vocabulary, not GPT-2's
     )
     assert metrics["steps"] == 40 and metrics["val_loss"] < 2.0  # ln(257) = 5.55 at chance
     assert (out.path / "train" / "ckpt_000040.pt").is_file() and list(

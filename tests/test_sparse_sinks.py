@@ -6,11 +6,12 @@ import pytest
 import torch
 from conftest import data_file
 
+from lmlab.interp import run_with_cache
+from lmlab.packaged import packaged_path
 from lmlab.sparse import SparsePattern, layer_schedule, local_sink_attention, sparse_attention
 from lmlab.sparse.attention import masked_attention
 from lmlab.sparse.evaluate import logistic_accuracy, pad_batches, sentence_embeddings
 from lmlab.sparse.masks import attended_fraction
-from lmlab.weights.packaged import packaged_path
 
 CLS, SEP, DOT = 101, 102, 1012
 
@@ -115,8 +116,8 @@ def test_model_uses_exactly_the_mask_and_kernel_agrees(minilm):
     pat = SparsePattern(window=2, sink_first=1, sink_ids=(SEP, DOT))
     mask = pat.mask(tokens, pad)
     with sparse_attention(model, tokens, pat, "dssssd", attention_mask=pad):
-        _, cache = model.run_with_cache(
-            tokens, attention_mask=pad, names_filter=lambda n: "pattern" in n
+        _, cache = run_with_cache(
+            model, tokens, attention_mask=pad, names_filter=lambda n: "pattern" in n
         )
     for layer in range(1, 5):  # sparse layers: no weight outside the mask
         assert cache["pattern", layer].masked_select(~mask).abs().max() == 0

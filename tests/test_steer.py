@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lmlab.config import preset
+from lmlab.families import preset
 from lmlab.generate import KVCache, generate
+from lmlab.interp import run_with_cache
 from lmlab.model import Transformer
 from lmlab.steer import SteeringVector, actadd, train_steering_vector
 from lmlab.steer.train import logistic_aggregator, mean_aggregator, pca_aggregator
@@ -46,7 +47,7 @@ def test_ablation_removes_the_direction(name: str) -> None:
     x = torch.randint(0, 100, (2, 5))
     for op, want in (("ablate", 0.0), ("ablate_add", 2.0 * float(v.norm()))):
         with sv.apply(m, multiplier=2.0, operator=op):
-            _, cache = m.run_with_cache(x, names_filter="blocks.1.hook_resid_pre")
+            _, cache = run_with_cache(m, x, names_filter="blocks.1.hook_resid_pre")
         proj = cache["resid_pre", 1] @ (v / v.norm())
         assert torch.allclose(proj, torch.full_like(proj, want), atol=1e-3)
 
@@ -134,11 +135,11 @@ def test_train_from_pairs_mean_is_the_mean_difference(name: str) -> None:
     m = tiny(name)
     pairs = [([3, 4, 5], [3, 4, 9]), ([7, 8], [7, 1]), ([2, 2, 2, 2], [6, 6])]
     sv = train_steering_vector(m, pairs, layers=[0, 1], hook="resid_post")
-    _, c1 = m.run_with_cache(torch.tensor([[3, 4, 5]]))
-    _, c2 = m.run_with_cache(torch.tensor([[3, 4, 9]]))
+    _, c1 = run_with_cache(m, torch.tensor([[3, 4, 5]]))
+    _, c2 = run_with_cache(m, torch.tensor([[3, 4, 9]]))
     first = c1["resid_post", 1][0, -1] - c2["resid_post", 1][0, -1]
-    _, others = m.run_with_cache(torch.tensor([[7, 8], [7, 1], [6, 6]]))
-    _, four = m.run_with_cache(torch.tensor([[2, 2, 2, 2]]))
+    _, others = run_with_cache(m, torch.tensor([[7, 8], [7, 1], [6, 6]]))
+    _, four = run_with_cache(m, torch.tensor([[2, 2, 2, 2]]))
     o = others["resid_post", 1][:, -1]
     want = (first + (o[0] - o[1]) + (four["resid_post", 1][0, -1] - o[2])) / 3
     assert torch.allclose(sv.vectors["blocks.1.hook_resid_post"], want, atol=1e-4)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lmlab.config import preset
+from lmlab.families import preset
+from lmlab.interp import run_with_cache
 from lmlab.model import Transformer
 from lmlab.steer import iti
 from lmlab.steer.edit import injection_edit, next_token_probs
@@ -103,8 +104,8 @@ def test_iti_probes_heads_and_steers_only_selected_heads(name: str) -> None:
     sv = dirs.vector(m, alpha=5.0)
     x = torch.tensor(ids[:2])
     with sv.apply(m):
-        _, c = m.run_with_cache(x, names_filter=lambda n: n.endswith("hook_z"))
-    _, c0 = m.run_with_cache(x, names_filter=lambda n: n.endswith("hook_z"))
+        _, c = run_with_cache(m, x, names_filter=lambda n: n.endswith("hook_z"))
+    _, c0 = run_with_cache(m, x, names_filter=lambda n: n.endswith("hook_z"))
     shift = c["z", 1] - c0["z", 1]
     want = 5.0 * dirs.sigmas[0] * dirs.thetas[0]
     assert torch.allclose(shift[:, :, 2], want.expand_as(shift[:, :, 2]), atol=1e-4)

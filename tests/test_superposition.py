@@ -93,14 +93,14 @@ def test_bad_inputs_raise_clear_errors():
 
 def test_recipe_writes_report(tmp_path):
     cfg = recipe.Config(
-        steps=300,
-        batch=64,
+        max_steps=300,
+        batch_size=64,
         restarts=1,
         small_densities=2,
         geometry_n=12,
         geometry_m=3,
         geometry_instances=2,
-        geometry_steps=100,
+        geometry_max_steps=100,
         phase_grid=2,
     )
     out = RunDir.create("superposition", tmp_path)

@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 from conftest import data_file
 
-from lmlab.config import preset
+from lmlab.families import preset
+from lmlab.packaged import packaged_path
 from lmlab.tokenizers import (
     CharTokenizer,
     HFTokenizer,
@@ -18,7 +19,6 @@ from lmlab.tokenizers import (
     load_tokenizer,
     render_chat_template,
 )
-from lmlab.weights.packaged import packaged_path
 
 MIXED = (
     "Hello world! Prices: 12345 and 3.14159, année 2024, naïve café, Ærøskøbing, 東京, Привет.\n"

@@ -7,13 +7,13 @@ import math
 import pytest
 import torch
 
+from lmlab import checkpoints as ckpt
 from lmlab.config import ConfigError
 from lmlab.data.tasks import InductionTask, MaxSortTask
 from lmlab.errors import OverwriteError
 from lmlab.model import Transformer
 from lmlab.settings import from_toml
 from lmlab.train import TrainConfig, Trainer, TrainingError, optimizers
-from lmlab.train import checkpoint as ckpt
 from lmlab.train.schedule import lr_at
 
 
@@ -206,3 +206,100 @@ def test_config_errors(tmp_path):
         TrainConfig(schedule="cosin")
     with pytest.raises(ConfigError, match="smaller than the data's vocabulary"):
         TrainConfig(model_overrides={"vocab_size": 10}).model_config(65)
+
+
+class _Regression:
+    """A Task for the core that is not language modelling: y = 3 x on a linear model."""
+
+    name = "regression"
+
+    def __init__(self) -> None:
+        self.batches = 0
+
+    def batch(self, split, batch_size, generator):
+        self.batches += 1
+        x = torch.randn(batch_size, 1, generator=generator)
+        return x, 3 * x
+
+    def count(self, batch) -> int:
+        return batch[0].shape[0]
+
+    def loss(self, net, batch):
+        x, y = batch
+        return (net(x) - y).pow(2).sum()
+
+    def param_groups(self, model, cfg):
+        return [{"params": [model.weight], "lr_scale": 2.0}, {"params": [model.bias]}]
+
+    def evaluate(self, trainer):
+        return {"weight": float(trainer.model.weight)}
+
+
+def test_core_trains_any_task_with_its_groups_and_keeps_nothing_without_out_dir(
+    tmp_path, monkeypatch
+):
+    monkeypatch.chdir(tmp_path)
+    cfg = TrainConfig(
+        max_steps=100, batch_size=8, grad_accum=2, lr=0.1, min_lr=0.001, warmup_steps=0,
+        weight_decay=0.0, eval_interval=50, out_dir="", tensorboard=False,
+        progress=False, seed=0,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    task = _Regression()
+    trainer = Trainer(torch.nn.Linear(1, 1), cfg, task)
+    hist = trainer.fit()
+    assert task.batches == 100 * 2  # grad_accum micro-batches per step
+    lrs = [g["lr"] for g in trainer.optimizer.param_groups]
+    assert lrs == [pytest.approx(0.002), pytest.approx(0.001)]  # lr_scale from the task's groups
+    evals = [r for r in hist if "weight" in r]
+    assert [r["step"] for r in evals] == [50, 100] and evals[-1]["weight"] == pytest.approx(
+        3, abs=0.05
+    )
+    assert "tok_s" not in hist[0]  # the task counts no tokens
+    assert not list(tmp_path.iterdir())  # out_dir "": no checkpoints, metrics or plots
+    with pytest.raises(ConfigError, match="out_dir"):
+        Trainer(torch.nn.Linear(1, 1), cfg.replace(resume=True), _Regression()).fit()
+    frozen = torch.nn.Linear(1, 1).requires_grad_(False)
+    with pytest.raises(ConfigError, match="nothing to train"):
+        Trainer(frozen, cfg, _Regression())
+
+
+class _TwoUpdates(_Regression):
+    """A task with its own step (as GRPO): two optimizer updates per step, extra metrics."""
+
+    def train_step(self, trainer):
+        losses = []
+        for _ in range(2):
+            x, y = self.batch("train", 4, trainer.generator)
+            loss = self.loss(trainer.net, trainer.shard((x, y))) / 4
+            loss.backward()
+            trainer.optimizer_step()
+            losses.append(float(loss.detach()))
+        return {"loss": sum(losses) / 2, "updates": 2.0}
+
+
+def test_core_runs_a_whole_step_task_and_resumes_it_exactly(tmp_path):
+    def run(steps: int, resume: bool):
+        cfg = TrainConfig(
+            max_steps=steps, lr=0.05, warmup_steps=0, schedule="constant", log_interval=2,
+            eval_interval=0, out_dir=str(tmp_path / "run"), resume=resume, tensorboard=False,
+            progress=False, seed=0,
+        )  # fmt: skip
+        torch.manual_seed(0)
+        trainer = Trainer(torch.nn.Linear(1, 1), cfg, _TwoUpdates())
+        return trainer, trainer.fit()
+
+    trainer, hist = run(6, False)
+    hist = [r for r in hist if "loss" in r]
+    assert [r["step"] for r in hist] == [2, 4, 6] and all(r["updates"] == 2.0 for r in hist)
+    assert trainer.optimizer.state[trainer.model.weight]["step"] == 12  # 2 updates per step
+    import shutil
+
+    shutil.rmtree(tmp_path / "run")
+    run(3, False)  # constant schedule: max_steps may grow on resume
+    resumed, hist2 = run(6, True)
+    assert torch.equal(resumed.model.weight, trainer.model.weight)
+    steps = [r["step"] for r in hist2 if "loss" in r]
+    assert steps == [2, 3, 4, 6]  # the first run ended (and logged) at 3; no step repeats
+    with pytest.raises(OverwriteError, match="--resume"):
+        run(6, False)

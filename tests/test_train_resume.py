@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from lmlab import checkpoints as ckpt
 from lmlab.errors import CheckpointError
 from lmlab.train import TrainConfig
-from lmlab.train import checkpoint as ckpt
 from lmlab.train.run import train
 
 CONFIG = """

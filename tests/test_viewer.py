@@ -12,7 +12,7 @@ import subprocess
 import pytest
 import torch
 
-from lmlab.config import preset
+from lmlab.families import preset
 from lmlab.interp.viewer import attention_html, model_viewer, write_viewer
 from lmlab.model import Transformer
 

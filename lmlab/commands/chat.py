@@ -14,8 +14,8 @@ import threading
 from lmlab.commands.generate import (
     add_sampling_arguments,
     check_sampling_args,
+    decode_kwargs,
     load_for_generation,
-    sampling_kwargs,
 )
 
 HELP = "chat with a model in the terminal (its chat template, streamed answers; Ctrl-C stops an answer)"
@@ -55,7 +55,7 @@ def main(args: argparse.Namespace) -> int:
     tolerant_stdio()
     check_sampling_args(args)
     model, tok = load_for_generation(args)
-    chat = Chat(model, tok, system=args.system, on_trim=notice, **sampling_kwargs(args))
+    chat = Chat(model, tok, system=args.system, on_trim=notice, **decode_kwargs(args))
     print(
         f"lmlab chat with {args.model}: type a message; Ctrl-D or /exit quits, /reset forgets, "
         "Ctrl-C stops an answer."

@@ -7,8 +7,9 @@ import time
 
 import torch
 
-from lmlab.config import preset
 from lmlab.errors import InputError
+from lmlab.families import preset
+from lmlab.interp.activation_cache import run_with_cache
 from lmlab.model import Transformer
 
 HELP = "build a model preset, run a forward pass with a cache, print hook names and parameters"
@@ -32,7 +33,7 @@ def main(args: argparse.Namespace) -> int:
     tokens = torch.randint(0, cfg.vocab_size, (1, args.seq))
     t0 = time.perf_counter()
     with torch.no_grad():
-        out, cache = model.run_with_cache(tokens)
+        out, cache = run_with_cache(model, tokens)
     ms = (time.perf_counter() - t0) * 1e3
     names = model.hook_names()
     print(

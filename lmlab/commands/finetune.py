@@ -93,6 +93,22 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     c.add_argument("--dtype", default="float32", help="float32 (default), bfloat16 or float16")
     c.add_argument("--seed", type=int, default=123)
     c.add_argument("--out", default="runs", help="root folder for run folders (default: runs)")
+    c.add_argument(
+        "--out-dir",
+        default=None,
+        help="this run folder instead of a new timestamped one under --out (needed by --resume)",
+    )
+    c.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run in --out-dir from its newest good checkpoint",
+    )
+    c.add_argument(
+        "--checkpoint-interval",
+        type=int,
+        default=0,
+        help="write a training checkpoint every N steps (0: only at the end)",
+    )
 
 
 def main(args: argparse.Namespace) -> int:
@@ -100,7 +116,6 @@ def main(args: argparse.Namespace) -> int:
     from lmlab.finetune.classify import ClassifyConfig
     from lmlab.finetune.pipeline import DataSpec, classify_and_report, prepare_splits
     from lmlab.finetune.truncate import keep_blocks
-    from lmlab.runs import RunDir
 
     try:
         spec = DataSpec(
@@ -115,10 +130,17 @@ def main(args: argparse.Namespace) -> int:
             args.seed,
         )
         parts = prepare_splits(spec)
+        out = _run_dir(args)
         model, tok = lmlab.load(args.model, dtype=args.dtype)
         if args.n_layers:
             keep_blocks(model, args.n_layers)
-        cfg = ClassifyConfig.from_settings(args)
+        cfg = ClassifyConfig.from_settings(
+            args,
+            out_dir=str(out.path),
+            resume=args.resume,
+            checkpoint_interval=args.checkpoint_interval,
+            tensorboard=False,
+        )
         if args.lora_r:
             from lmlab.peft import apply_lora
 
@@ -126,7 +148,6 @@ def main(args: argparse.Namespace) -> int:
                 model, r=args.lora_r, alpha=2.0 * args.lora_r, target_modules=args.lora_targets
             )
             cfg.freeze = False  # LoRA froze the base; the head trains too
-        out = RunDir.create("finetune-classify", args.out)
         out.write_config({k: v for k, v in vars(args).items() if not k.startswith("_")})
         print(f"lmlab finetune classify: writing to {out.path}")
         metrics, res = classify_and_report(
@@ -144,3 +165,25 @@ def main(args: argparse.Namespace) -> int:
     )
     print(f"report: {out.file('report.md')}")
     return 0
+
+
+def _run_dir(args: argparse.Namespace):
+    """The run folder: --out-dir (refused if it holds a run, unless --resume) or a new one."""
+    from pathlib import Path
+
+    from lmlab import checkpoints as ckpt
+    from lmlab.errors import OverwriteError
+    from lmlab.runs import RunDir
+
+    if args.out_dir is None:
+        if args.resume:
+            raise ConfigError("--resume needs --out-dir: the run folder to continue")
+        return RunDir.create("finetune-classify", args.out)
+    path = Path(args.out_dir)
+    if not args.resume and ckpt.exists(path):
+        raise OverwriteError(
+            f"{path} holds checkpoints of an earlier run; pass --resume to continue it, or "
+            "choose another --out-dir"
+        )
+    path.mkdir(parents=True, exist_ok=True)
+    return RunDir(path)

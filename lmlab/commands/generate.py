@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
+import types
+import typing
 
 HELP = "complete a prompt with a model (greedy, sampling or beam search), streaming the text"
 
 
 def add_sampling_arguments(p: argparse.ArgumentParser) -> None:
-    """Model and sampling flags shared by `generate` and `chat`."""
+    """Model and sampling flags shared by `generate` and `chat`; one flag per `SamplingConfig`
+    field (its type, default and help), so a new sampling knob is a new flag."""
+    from lmlab.generate.sampling import SamplingConfig
+
     p.add_argument(
         "--model", required=True, help="preset, packaged name, HF folder, .gguf or checkpoint"
     )
@@ -17,11 +23,12 @@ def add_sampling_arguments(p: argparse.ArgumentParser) -> None:
         "--tokenizer", default=None, help="tokenizer source when the model has none (e.g. gpt2)"
     )
     p.add_argument("--max-new-tokens", type=int, default=128)
-    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
-    p.add_argument("--top-k", type=int, default=None)
-    p.add_argument("--top-p", type=float, default=None)
-    p.add_argument("--min-p", type=float, default=None)
-    p.add_argument("--repetition-penalty", type=float, default=1.0)
+    hints = typing.get_type_hints(SamplingConfig)
+    for f in dataclasses.fields(SamplingConfig):
+        p.add_argument(
+            "--" + f.name.replace("_", "-"), type=_scalar(hints[f.name]), default=f.default,
+            help=f"{f.metadata.get('help', '')} (default: {f.default})",
+        )  # fmt: skip
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--dtype", default=None, help="float32 (default) or bfloat16")
     p.add_argument(
@@ -29,22 +36,35 @@ def add_sampling_arguments(p: argparse.ArgumentParser) -> None:
     )
 
 
-def sampling_kwargs(args: argparse.Namespace) -> dict:
+def _scalar(hint: object) -> type:
+    """The type a flag parses to: `int | None` -> int."""
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        (hint,) = [a for a in typing.get_args(hint) if a is not type(None)]
+    return hint
+
+
+def sampling_config(args: argparse.Namespace):
+    """The `SamplingConfig` the flags ask for (checked: a bad value is an `InputError`)."""
+    from lmlab.generate.sampling import SamplingConfig
+
+    return SamplingConfig(
+        **{f.name: getattr(args, f.name) for f in dataclasses.fields(SamplingConfig)}
+    )
+
+
+def decode_kwargs(args: argparse.Namespace) -> dict:
+    """Keyword arguments for `stream_generate` / `Chat` from the flags."""
     return dict(
-        max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
-        top_p=args.top_p, min_p=args.min_p, repetition_penalty=args.repetition_penalty,
-        seed=args.seed, compile=args.compile,
+        sampling=sampling_config(args), max_new_tokens=args.max_new_tokens, seed=args.seed,
+        compile=args.compile,
     )  # fmt: skip
 
 
 def check_sampling_args(args: argparse.Namespace, num_beams: int = 1) -> None:
     """Refuse bad sampling flags before any model is loaded."""
-    from lmlab.generate.generate import STREAM_SETTINGS, check_settings
-    from lmlab.generate.sampling import SamplingConfig
+    from lmlab.generate.generate import check_settings
 
-    kw = sampling_kwargs(args)
-    sampling = SamplingConfig(**{k: v for k, v in kw.items() if k in STREAM_SETTINGS})
-    check_settings(args.max_new_tokens, sampling, num_beams)
+    check_settings(args.max_new_tokens, sampling_config(args), num_beams)
 
 
 def load_for_generation(args: argparse.Namespace):
@@ -96,7 +116,7 @@ def main(args: argparse.Namespace) -> int:
     check_ids(model, [ids])  # before the prompt is echoed: a refused prompt prints nothing
     check_context(model, len(ids), args.max_new_tokens)
     sys.stdout.write(args.prompt)
-    for piece in stream_generate(model, ids, tok, **sampling_kwargs(args)):
+    for piece in stream_generate(model, ids, tok, **decode_kwargs(args)):
         sys.stdout.write(piece)
         sys.stdout.flush()
     sys.stdout.write("\n")

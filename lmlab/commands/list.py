@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from lmlab import recipes
-from lmlab.config import PRESETS
+from lmlab.families import PRESETS
 
 HELP = "list the recipes (lmlab run NAME) and model presets"
 

@@ -20,10 +20,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--resume",
         action="store_true",
-        help="continue from the newest good checkpoint in out_dir (grpo_ckpt_*.pt); without it an "
-        "out_dir holding a GRPO run is refused",
+        help="continue from the newest good checkpoint in train.out_dir (ckpt_*.pt); without it "
+        "a folder holding a run is refused, and so are settings that differ from the checkpoint's",
     )
-    p.add_argument("overrides", nargs="*", help="--key=value GRPOConfig fields")
+    p.add_argument(
+        "overrides",
+        nargs="*",
+        help="--key=value GRPOConfig fields, --train.KEY=value training ones",
+    )
 
 
 def main(args: argparse.Namespace) -> int:
@@ -41,7 +45,8 @@ def main(args: argparse.Namespace) -> int:
     import lmlab
     from lmlab.errors import InputError
 
-    check_out_dir(cfg.out_dir, args.resume)  # before the slow model load
+    resume = args.resume or cfg.train.resume
+    check_out_dir(cfg.train.out_dir, resume)  # before the slow model load
     task = make_task(cfg.task, **cfg.task_options)
     model, tok = lmlab.load(cfg.model)
     if tok is None:
@@ -51,11 +56,11 @@ def main(args: argparse.Namespace) -> int:
         )
     model = model.float()
     trainer = GRPOTrainer(model, tok, cfg, task)
-    if args.resume:
+    if resume:
         trainer.load()
     before = trainer.evaluate() if trainer.step_no == 0 and cfg.eval_size else None
-    trainer.fit()
-    path = trainer.save()
+    trainer.fit()  # checkpoints at the end
+    path = trainer.checkpoint
     after = trainer.evaluate() if cfg.eval_size else None
     plot = plot_rewards(trainer.history, trainer.out / "rewards.png")
     for name, ev in (("before", before), ("after", after)):

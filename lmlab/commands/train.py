@@ -44,6 +44,8 @@ def split_overrides(items: list[str]) -> tuple[list[str], dict, dict]:
     hints = typing.get_type_hints(Config)
     for item in items:
         key, sep, raw = item.removeprefix("--").partition("=")
+        if key.startswith("train."):  # recipes' spelling of the same TrainConfig field
+            key, item = key.removeprefix("train."), item.replace("train.", "", 1)
         if not sep:
             item, raw = f"{item}=true", "true"
         if key.startswith("model."):

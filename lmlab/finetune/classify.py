@@ -6,11 +6,10 @@ before the first trainable one are frozen, so their outputs are computed once an
 
 from __future__ import annotations
 
-import math
 import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar
 
 import torch
@@ -18,9 +17,12 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from lmlab.errors import InputError
 from lmlab.finetune.data import LabeledTexts
 from lmlab.finetune.metrics import ClassificationReport, classification_report
-from lmlab.train.optimizers import can_fuse
+from lmlab.train.config import TrainConfig, finetune_config
+from lmlab.train.task import EpochOrder, steps_per_epoch
+from lmlab.train.trainer import Callback, Trainer
 
 POOLS = ("last", "mean", "first")
 
@@ -188,23 +190,26 @@ def residual_at(
 # ---------------------------------------------------------------------------- training
 
 
+def _classify_train() -> TrainConfig:
+    return finetune_config(batch_size=16, lr=1e-4, grad_clip=1.0, warmup_steps=5)
+
+
 @dataclass
 class ClassifyConfig:
-    """Training knobs; `train_blocks`/`train_norm` apply when `freeze` is True."""
+    """What classification needs beyond the shared training knobs in `train` (lr, batch_size,
+    seed, out_dir, resume, ...): the head's lr, what trains, and `epochs` (> 0: sets
+    `train.max_steps` to that many passes; validation accuracy is measured after each epoch).
+    `train_blocks`/`train_norm` apply when `freeze` is True."""
 
-    max_len: int = 64
+    train: TrainConfig = field(default_factory=_classify_train)
     epochs: int = 3
-    batch_size: int = 16
-    lr: float = 1e-4
+    max_len: int = 64
     head_lr: float = 1e-3
-    weight_decay: float = 0.0
-    warmup_frac: float = 0.05
     train_blocks: int = 1
     train_norm: bool = True
     freeze: bool = True
     cache_frozen: bool = True
     eval_batch_size: int = 64
-    seed: int = 0
 
     # the knobs `lmlab finetune classify` and the spam recipe expose under the same names
     SHARED: ClassVar[tuple[str, ...]] = (
@@ -212,9 +217,17 @@ class ClassifyConfig:
     )  # fmt: skip
 
     @classmethod
-    def from_settings(cls, settings: Any) -> ClassifyConfig:
-        """A config from an object carrying the `SHARED` knobs (CLI arguments, a recipe config)."""
-        return cls(**{name: getattr(settings, name) for name in cls.SHARED})
+    def from_settings(cls, settings: Any, **train: Any) -> ClassifyConfig:
+        """A config from an object carrying the `SHARED` knobs (CLI arguments, a recipe config);
+        those that are `TrainConfig` fields go into `train`, as do the `train` keywords."""
+        own = {f.name for f in fields(cls)}
+        values = {n: getattr(settings, n) for n in cls.SHARED}
+        train_kw = {n: v for n, v in values.items() if n not in own}
+        base = _classify_train().to_dict()
+        return cls(
+            train=TrainConfig(**{**base, **train_kw, **train}),
+            **{n: v for n, v in values.items() if n in own},
+        )
 
 
 @dataclass
@@ -251,17 +264,19 @@ class _Examples:
     def __len__(self) -> int:
         return len(self.ids)
 
-    def logits(self, clf: SequenceClassifier, ix: list[int]) -> torch.Tensor:
+    def logits(self, clf: nn.Module, ix: list[int]) -> torch.Tensor:
+        """Class logits of examples `ix` (`clf` may be the wrapped network when nothing is cached)."""
+        dev = next(clf.parameters()).device
         if self.feats is None:
             tokens, mask = pad_batch([self.ids[i] for i in ix])
-            return clf(tokens, mask)
+            return clf(tokens.to(dev), mask.to(dev))
         rows = [self.feats[i] for i in ix]
         T = max(r.shape[0] for r in rows)
         x = rows[0].new_zeros(len(rows), T, rows[0].shape[-1])
         mask = torch.zeros(len(rows), T, dtype=torch.long)
         for b, r in enumerate(rows):
             x[b, : r.shape[0]], mask[b, : r.shape[0]] = r, 1
-        return clf.logits_from(x, mask, self.start)
+        return getattr(clf, "module", clf).logits_from(x.to(dev), mask.to(dev), self.start)
 
 
 @torch.no_grad()
@@ -272,9 +287,78 @@ def predict(clf: SequenceClassifier, ex: _Examples, batch_size: int) -> torch.Te
     preds = torch.empty(len(ex), dtype=torch.long)
     lengths = [len(r) for r in ex.ids]
     for ix in batches(len(ex), batch_size, False, 0, lengths):
-        preds[ix] = ex.logits(clf, ix).argmax(-1)
+        preds[ix] = ex.logits(clf, ix).argmax(-1).cpu()
     clf.train(was)
     return preds
+
+
+class ClassifyTask:
+    """Shuffled passes over the training examples; cross-entropy summed over examples; after
+    each epoch the epoch's mean train loss and (with a validation split) its accuracy."""
+
+    name = "classify"
+
+    def __init__(
+        self,
+        clf: SequenceClassifier,
+        tr: _Examples,
+        va: _Examples | None,
+        val_names: list[str] | None,
+        cfg: ClassifyConfig,
+        on_epoch: Callable[[dict], None] | None = None,
+    ) -> None:
+        self.clf, self.tr, self.va, self.val_names, self.cfg = clf, tr, va, val_names, cfg
+        self.on_epoch = on_epoch
+        self.order = EpochOrder(len(tr))
+        self.loss_sum, self.n, self.t0 = 0.0, 0, time.perf_counter()
+
+    def batch(self, split: str, batch_size: int, generator: torch.Generator) -> torch.Tensor:
+        return torch.tensor(self.order.take(batch_size, generator), dtype=torch.long)
+
+    def count(self, ix: torch.Tensor) -> int:
+        return len(ix)
+
+    def loss(self, net: nn.Module, ix: torch.Tensor) -> torch.Tensor:
+        rows = ix.tolist()
+        logits = self.tr.logits(net, rows)
+        part = F.cross_entropy(
+            logits.float(), self.tr.labels[rows].to(logits.device), reduction="sum"
+        )
+        self.loss_sum, self.n = self.loss_sum + part.item(), self.n + len(rows)
+        return part
+
+    def param_groups(self, model: nn.Module, cfg: TrainConfig) -> list[dict]:
+        """The head at `head_lr`, the other trainable parameters at `lr`."""
+        head = list(self.clf.head.parameters())
+        ids = {id(p) for p in head}
+        body = [p for p in model.parameters() if p.requires_grad and id(p) not in ids]
+        return [
+            {"params": head, "lr_scale": self.cfg.head_lr / cfg.lr},
+            {"params": body, "lr_scale": 1.0},
+        ]
+
+    def evaluate(self, trainer: Trainer) -> dict[str, Any]:
+        row: dict[str, Any] = {
+            "epoch": self.order.epoch,
+            "train_loss": self.loss_sum / max(self.n, 1),
+            "seconds": time.perf_counter() - self.t0,
+        }
+        self.loss_sum, self.n = 0.0, 0
+        if self.va is not None:
+            preds = predict(self.clf, self.va, self.cfg.eval_batch_size)
+            row["val_accuracy"] = classification_report(
+                preds, self.va.labels, self.val_names
+            ).accuracy
+        if self.on_epoch:
+            self.on_epoch(row)
+        return row
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"order": self.order.state_dict(), "loss_sum": self.loss_sum, "n": self.n}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.order.load_state_dict(state["order"])
+        self.loss_sum, self.n = state["loss_sum"], state["n"]
 
 
 def train_classifier(
@@ -285,15 +369,17 @@ def train_classifier(
     test: LabeledTexts | None = None,
     cfg: ClassifyConfig | None = None,
     on_epoch: Callable[[dict], None] | None = None,
+    callbacks: list[Callback] = (),
 ) -> ClassifyResult:
-    """Train with AdamW + linear warmup/decay and cross-entropy; evaluate val each epoch and test at the end."""
+    """Train with the one training core (AdamW, warmup then linear decay, cross-entropy);
+    evaluate val after each epoch and test at the end."""
     cfg = cfg or ClassifyConfig()
-    torch.manual_seed(cfg.seed)
+    torch.manual_seed(cfg.train.seed)
     if cfg.freeze:
         clf.freeze(cfg.train_blocks, cfg.train_norm)
     params = [p for p in clf.parameters() if p.requires_grad]
     if not params:
-        raise ValueError(
+        raise InputError(
             "nothing to train: every parameter is frozen (train_blocks/train_norm, or PEFT)"
         )
     start = clf.frozen_layers() if cfg.cache_frozen else 0
@@ -301,41 +387,18 @@ def train_classifier(
     tr = _Examples(clf, train, tokenizer, cfg, start, "cache train")
     va = _Examples(clf, val, tokenizer, cfg, start, "cache val") if val is not None else None
     te = _Examples(clf, test, tokenizer, cfg, start, "cache test") if test is not None else None
-    head = [p for p in clf.head.parameters()]
-    body = [p for p in params if all(p is not h for h in head)]
-    groups = [{"params": head, "lr": cfg.head_lr}] + (
-        [{"params": body, "lr": cfg.lr}] if body else []
-    )
-    opt = torch.optim.AdamW(groups, weight_decay=cfg.weight_decay, fused=can_fuse(params))
-    steps = cfg.epochs * math.ceil(len(tr) / cfg.batch_size)
-    warm = max(1, int(cfg.warmup_frac * steps))
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min((s + 1) / warm, max(0.0, (steps - s) / max(1, steps - warm)))
-    )
-    history = []
-    clf.train()
-    bar = tqdm(total=steps, desc="classify", leave=False)
-    for epoch in range(cfg.epochs):
-        total, n = 0.0, 0
-        for ix in batches(len(tr), cfg.batch_size, True, cfg.seed + epoch):
-            loss = F.cross_entropy(tr.logits(clf, ix), tr.labels[ix])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
-            opt.step()
-            sched.step()
-            total, n = total + loss.item() * len(ix), n + len(ix)
-            bar.update(1)
-            bar.set_postfix(loss=f"{loss.item():.4f}")
-        row = {"epoch": epoch + 1, "train_loss": total / n, "seconds": time.perf_counter() - t0}
-        if va is not None:
-            row["val_accuracy"] = classification_report(
-                predict(clf, va, cfg.eval_batch_size), va.labels, val.names
-            ).accuracy
-        history.append(row)
-        if on_epoch:
-            on_epoch(row)
-    bar.close()
+    tcfg = cfg.train
+    per_epoch = steps_per_epoch(len(tr), tcfg.batch_size * tcfg.grad_accum)
+    over: dict[str, Any] = {"eval_interval": per_epoch} if tcfg.eval_interval == 0 else {}
+    if tcfg.device == "auto":  # train where the model is (its cached features are there)
+        over["device"] = str(next(clf.parameters()).device)
+    if cfg.epochs > 0:
+        over["max_steps"] = cfg.epochs * per_epoch
+    if over:
+        tcfg = tcfg.replace(**over)
+    task = ClassifyTask(clf, tr, va, val.names if val is not None else None, cfg, on_epoch)
+    history = Trainer(clf, tcfg, task, list(callbacks)).fit()
+    clf.eval()
     seconds = time.perf_counter() - t0
     val_rep = (
         classification_report(predict(clf, va, cfg.eval_batch_size), va.labels, val.names)
@@ -347,6 +410,5 @@ def train_classifier(
         if te
         else None
     )
-    return ClassifyResult(
-        history, val_rep, test_rep, seconds, sum(p.numel() for p in params), start
-    )
+    epochs = [r for r in history if "train_loss" in r]
+    return ClassifyResult(epochs, val_rep, test_rep, seconds, sum(p.numel() for p in params), start)

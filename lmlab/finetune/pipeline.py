@@ -123,7 +123,7 @@ def classify_and_report(
         raise ConfigError("need at least a train and a test part (fractions like 0.8,0.2)")
     train, *rest = parts
     val, test = (rest[0], rest[1]) if len(rest) >= 2 else (None, rest[0])
-    torch.manual_seed(cfg.seed)  # the head's initialization
+    torch.manual_seed(cfg.train.seed)  # the head's initialization
     clf = SequenceClassifier(model, len(train.names), pool=pool)
     t0 = time.perf_counter()
     res = train_classifier(clf, tokenizer, train, val, test, cfg)
@@ -134,7 +134,7 @@ def classify_and_report(
     conf = res.test.confusion
     n_right = sum(conf[i][i] for i in range(len(conf)))
     correct = [1] * n_right + [0] * (sum(map(sum, conf)) - n_right)  # order does not matter
-    acc_ci = bootstrap_ci(correct, seed=cfg.seed)
+    acc_ci = bootstrap_ci(correct, seed=cfg.train.seed)
     metrics = {
         "test_accuracy": res.test.accuracy,
         "test_accuracy_ci95": list(acc_ci),

@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-import math
-import random
-import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
 
 from lmlab.data.tokens import IGNORE_INDEX
-from lmlab.train.optimizers import can_fuse
+from lmlab.errors import InputError
+from lmlab.train.config import TrainConfig, finetune_config
+from lmlab.train.task import EpochOrder, steps_per_epoch
+from lmlab.train.trainer import Callback, Trainer
 
 
 def sft_example(
@@ -64,68 +63,86 @@ def sft_batch(examples: list[tuple[list[int], list[int]]], pad_id: int = 0):
 
 
 def sft_loss(
-    model: nn.Module, tokens: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor
+    model: nn.Module,
+    tokens: torch.Tensor,
+    mask: torch.Tensor,
+    labels: torch.Tensor,
+    reduction: str = "mean",
 ) -> torch.Tensor:
-    """Mean next-token cross-entropy over response tokens (virtual prompt positions dropped)."""
-    logits = model(tokens, attention_mask=mask)[:, -tokens.shape[1] :]
-    return F.cross_entropy(
-        logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=IGNORE_INDEX
-    )
+    """Next-token cross-entropy over response tokens ("mean" or "sum"), from the model's fused
+    `targets=` loss: position t predicts labels[t + 1]; virtual prompt positions are skipped."""
+    targets = torch.cat([labels[:, 1:], labels.new_full((labels.shape[0], 1), IGNORE_INDEX)], 1)
+    return model(tokens, attention_mask=mask, targets=targets, loss_reduction=reduction)
+
+
+def _sft_train() -> TrainConfig:
+    return finetune_config(batch_size=8, lr=1e-4)
 
 
 @dataclass
 class SFTConfig:
-    """Training knobs for `train_sft`."""
+    """What `train_sft` needs beyond the shared training knobs in `train` (lr, max_steps,
+    batch_size, out_dir, resume, ...). `epochs` > 0 sets `train.max_steps` to that many passes."""
 
-    epochs: int = 1
-    batch_size: int = 8
-    lr: float = 1e-4
-    weight_decay: float = 0.0
+    train: TrainConfig = field(default_factory=_sft_train)
+    epochs: int = 0
     max_len: int = 512
     system: str | None = None
-    seed: int = 0
+
+
+class SFTTask:
+    """Shuffled passes over (ids, labels) examples; loss summed over response tokens."""
+
+    name = "sft"
+
+    def __init__(self, examples: list[tuple[list[int], list[int]]], pad_id: int = 0) -> None:
+        self.examples, self.pad_id = examples, pad_id
+        self.order = EpochOrder(len(examples))
+
+    def batch(self, split: str, batch_size: int, generator: torch.Generator):
+        ix = self.order.take(batch_size, generator)
+        return sft_batch([self.examples[i] for i in ix], self.pad_id)
+
+    def count(self, batch) -> int:
+        return int((batch[2][:, 1:] != IGNORE_INDEX).sum())
+
+    def tokens(self, batch) -> int:
+        return int(batch[1].sum())
+
+    def loss(self, net: nn.Module, batch) -> torch.Tensor:
+        return sft_loss(net, *batch, reduction="sum")
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.order.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.order.load_state_dict(state)
 
 
 def train_sft(
-    model: nn.Module, tokenizer, pairs: list[tuple[str, str]], cfg: SFTConfig | None = None
+    model: nn.Module,
+    tokenizer,
+    pairs: list[tuple[str, str]],
+    cfg: SFTConfig | None = None,
+    callbacks: list[Callback] = (),
 ) -> list[dict]:
-    """Train the parameters that require grad (all, or the PEFT ones) on the pairs; returns per-epoch losses."""
+    """Train the parameters that require grad (all, or the PEFT ones) on the pairs with the one
+    training core; returns its history (a record per logged step: step, loss, lr, tok_s)."""
     cfg = cfg or SFTConfig()
     if not pairs:
-        raise ValueError("no prompt/response pairs to train on")
-    torch.manual_seed(cfg.seed)
-    params = [p for p in model.parameters() if p.requires_grad]
-    if not params:
-        raise ValueError("nothing to train: every parameter is frozen")
+        raise InputError(
+            "no prompt/response pairs to train on; pass at least one (prompt, response)"
+        )
+    if not any(p.requires_grad for p in model.parameters()):
+        raise InputError("nothing to train: every parameter is frozen; apply LoRA/PEFT or unfreeze")
     examples = [sft_example(tokenizer, p, r, cfg.system, cfg.max_len) for p, r in pairs]
     pad = tokenizer.pad_id if getattr(tokenizer, "pad_id", None) is not None else 0
-    opt = torch.optim.AdamW(
-        params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=can_fuse(params)
-    )
-    steps = cfg.epochs * math.ceil(len(examples) / cfg.batch_size)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1 - s / steps)
-    history, t0 = [], time.perf_counter()
-    model.train()
-    bar = tqdm(total=steps, desc="sft", leave=False)
-    for epoch in range(cfg.epochs):
-        order = list(range(len(examples)))
-        random.Random(cfg.seed + epoch).shuffle(order)
-        total = 0.0
-        for i in range(0, len(order), cfg.batch_size):
-            loss = sft_loss(
-                model, *sft_batch([examples[j] for j in order[i : i + cfg.batch_size]], pad)
-            )
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            total += loss.item()
-            bar.update(1)
-            bar.set_postfix(loss=f"{loss.item():.4f}")
-        n_batches = math.ceil(len(order) / cfg.batch_size)
-        history.append(
-            {"epoch": epoch + 1, "loss": total / n_batches, "seconds": time.perf_counter() - t0}
-        )
-    bar.close()
+    tcfg = cfg.train
+    if tcfg.device == "auto":  # train where the model is
+        tcfg = tcfg.replace(device=str(next(model.parameters()).device))
+    if cfg.epochs > 0:
+        steps = cfg.epochs * steps_per_epoch(len(examples), tcfg.batch_size * tcfg.grad_accum)
+        tcfg = tcfg.replace(max_steps=steps)
+    history = Trainer(model, tcfg, SFTTask(examples, pad), list(callbacks)).fit()
     model.eval()
     return history

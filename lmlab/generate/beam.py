@@ -1,13 +1,22 @@
-"""Beam search with length penalty and early stopping, on the shared static KV cache."""
+"""Beam search with length penalty and early stopping: its own beam bookkeeping on the decode
+core's `Decoder` (prefill, cached step, cache reordering)."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
 from lmlab.errors import InputError
-from lmlab.cache import KVCache
+from lmlab.generate.decode import Decoder, left_pad
+
+
+class Hypothesis(NamedTuple):
+    """One returned completion: its tokens, length-normalized log-prob and why it ended."""
+
+    tokens: list[int]
+    score: float
+    reason: str  # "stop_id" or "length"
 
 
 class Finished:
@@ -43,11 +52,9 @@ def beam_search(
     length_penalty: float = 1.0,
     early_stopping: bool = False,
     num_return_sequences: int = 1,
-    tokenizer: Any = None,
-):
-    """Keep the `num_beams` best partial completions per prompt; return the best finished ones."""
-    from lmlab.generate.generate import GenerationOutput, left_pad
-
+) -> list[Hypothesis]:
+    """Keep the `num_beams` best partial completions per prompt; return the best finished ones
+    (`num_return_sequences` per prompt, best first, prompts in order)."""
     if not 1 <= num_return_sequences <= num_beams:
         raise InputError(
             f"num_return_sequences={num_return_sequences} must be in [1, num_beams={num_beams}]"
@@ -56,8 +63,8 @@ def beam_search(
     P, K = len(ids), num_beams
     pad = model.cfg.pad_id  # pads are masked: any id inside the vocabulary works
     tokens, mask = left_pad([row for row in ids for _ in range(K)], pad)
-    cache = KVCache(model, P * K, tokens.shape[1] + max_new_tokens)
-    logits = model(tokens.to(device), attention_mask=mask.to(device), cache=cache)[:, -1]
+    decoder = Decoder(model, P * K, tokens.shape[1] + max_new_tokens)
+    logits = decoder.prefill(tokens.to(device), mask.to(device))
     scores = torch.full((P, K), float("-inf"), device=device)
     scores[:, 0] = 0.0  # all beams start identical: expand only the first
     beams: list[list[int]] = [[] for _ in range(P * K)]
@@ -94,21 +101,16 @@ def beam_search(
             scores = torch.tensor(new_scores, device=device).view(P, K)
             break
         index = torch.tensor(src_rows, device=device)
-        cache.reorder(index)
+        decoder.reorder(index)
         beams = [[*beams[r], t] for r, t in zip(src_rows, new_tokens, strict=True)]
         scores = torch.tensor(new_scores, device=device).view(P, K)
-        logits = model(torch.tensor(new_tokens, device=device)[:, None], cache=cache)[:, -1]
-    seqs, out_scores, reasons = [], [], []
+        logits = decoder.step(torch.tensor(new_tokens, device=device))
+    out = []
     for p in range(P):
         if not done[p]:  # unfinished beams compete with the finished hypotheses
             for k in range(K):
                 finished[p].add(beams[p * K + k], scores[p, k].item())
         for score, hyp in finished[p].hyps[:num_return_sequences]:
-            seqs.append(hyp)
-            out_scores.append(score)
-            reasons.append("stop_id" if hyp and hyp[-1] in stop_ids else "length")
-    texts = (
-        [tokenizer.decode(s, skip_special=True) for s in seqs] if tokenizer is not None else None
-    )
-    lengths = [len(r) for r in ids for _ in range(num_return_sequences)]
-    return GenerationOutput(seqs, lengths, reasons, texts, out_scores)
+            reason = "stop_id" if hyp and hyp[-1] in stop_ids else "length"
+            out.append(Hypothesis(hyp, score, reason))
+    return out

@@ -6,15 +6,15 @@ budget no longer fit, the oldest user/assistant turns are dropped (a system mess
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from lmlab.errors import InputError
-from lmlab.generate.generate import STREAM_SETTINGS, check_settings, stream_generate
+from lmlab.generate.generate import check_settings, stream_generate
 from lmlab.generate.sampling import SamplingConfig
 from lmlab.tokenizers.base import TokenizerError
 
-STREAM_ONLY = ("max_new_tokens", "seed", "compile", "stop_ids")
+CHAT_SETTINGS = ("system", "on_trim", "sampling", "max_new_tokens", "seed", "compile", "stop_ids")
 
 
 class Chat:
@@ -31,7 +31,12 @@ class Chat:
         *,
         system: str | None = None,
         on_trim: Callable[[str], None] | None = None,
-        **sampling: Any,
+        sampling: SamplingConfig | None = None,
+        max_new_tokens: int = 256,
+        seed: int | None = None,
+        compile: bool = False,
+        stop_ids: Sequence[int | str] | None = None,
+        **overrides: Any,
     ) -> None:
         if tokenizer is None or not getattr(tokenizer, "chat_template", None):
             raise TokenizerError(
@@ -39,15 +44,10 @@ class Chat:
                 "`lmlab generate` for plain completion, or load an instruct model (a GGUF or HF "
                 "folder with a chat template)"
             )
-        knobs = {k: v for k, v in sampling.items() if k not in STREAM_ONLY}
-        unknown = sorted(set(knobs) - STREAM_SETTINGS)
-        if unknown:
-            raise InputError(
-                f"Chat got unknown setting(s) {', '.join(unknown)} — it takes "
-                f"{', '.join(sorted({*STREAM_ONLY, *STREAM_SETTINGS}))}"
-            )
-        check_settings(sampling.get("max_new_tokens", 256), SamplingConfig(**knobs))
-        self.model, self.tokenizer, self.sampling = model, tokenizer, sampling
+        self.sampling = (sampling or SamplingConfig()).updated(overrides, "Chat", CHAT_SETTINGS)
+        check_settings(max_new_tokens, self.sampling)
+        self.model, self.tokenizer, self.max_new_tokens = model, tokenizer, max_new_tokens
+        self.seed, self.compile, self.stop_ids = seed, compile, stop_ids
         self.on_trim, self.dropped = on_trim, 0
         self.messages: list[dict[str, str]] = []
         if system:
@@ -88,7 +88,7 @@ class Chat:
         if not user.strip():
             raise InputError("empty message — type something to send")
         self.messages.append({"role": "user", "content": user})
-        budget = self.sampling.get("max_new_tokens", 256)
+        budget = self.max_new_tokens
         ids = self.prompt_ids(budget)
         room = self.model.cfg.max_seq_len - len(ids) + 1  # the last new token is never fed back
         if room < 1:
@@ -97,10 +97,14 @@ class Chat:
                 f"message too long: with the chat template it takes {len(ids)} tokens, more than "
                 f"the model's context of {self.model.cfg.max_seq_len} — send a shorter message"
             )
-        sampling = {**self.sampling, "max_new_tokens": min(budget, room)}
         answer: list[str] = []
+        pieces = stream_generate(
+            self.model, ids, self.tokenizer, sampling=self.sampling,
+            max_new_tokens=min(budget, room), stop_ids=self.stop_ids, seed=self.seed,
+            compile=self.compile,
+        )  # fmt: skip
         try:
-            for piece in stream_generate(self.model, ids, self.tokenizer, **sampling):
+            for piece in pieces:
                 answer.append(piece)
                 yield piece
         finally:  # also on Ctrl-C or an abandoned generator: keep what was said

@@ -1,4 +1,4 @@
-"""`generate`: batched prefill + cached one-token decode steps, with sampling and stop rules."""
+"""`generate` and `stream_generate`: prompts in, completions out, on the decode core (`decode.py`)."""
 
 from __future__ import annotations
 
@@ -11,12 +11,14 @@ from typing import Any
 import torch
 
 from lmlab.errors import InputError
-from lmlab.generate.compiled import decoding_cache
-from lmlab.generate.sampling import SamplingConfig, apply_repetition_penalty, choose
+from lmlab.generate.beam import beam_search
+from lmlab.generate.decode import Decoding, check_context, left_pad
+from lmlab.generate.sampling import SamplingConfig
 from lmlab.generate.stream import TextStream
 
+__all__ = ["GenerationOutput", "check_context", "generate", "left_pad", "stream_generate"]
+
 Prompts = str | Sequence[str] | Sequence[Sequence[int]] | torch.Tensor
-STREAM_SETTINGS = {"temperature", "top_k", "top_p", "min_p", "repetition_penalty"}
 
 
 @dataclass
@@ -137,61 +139,11 @@ def resolve_stop_ids(stop_ids: Sequence[int | str] | None, tokenizer: Any, model
     return out
 
 
-def left_pad(ids: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """[B, T] tokens and attention mask, padded on the left."""
-    T = max(map(len, ids))
-    tokens = torch.full((len(ids), T), pad, dtype=torch.long)
-    mask = torch.zeros(len(ids), T, dtype=torch.long)
-    for b, row in enumerate(ids):
-        tokens[b, T - len(row) :] = torch.tensor(row)
-        mask[b, T - len(row) :] = 1
-    return tokens, mask
-
-
-def check_context(model: Any, prompt_len: int, max_new_tokens: int) -> None:
-    """The model reads the prompt and every new token but the last (never fed back); that must fit
-    its context."""
-    ctx = model.cfg.max_seq_len
-    if prompt_len > ctx:
-        raise InputError(
-            f"prompt of {prompt_len} tokens is longer than the model's context ({ctx}) — shorten it"
-        )
-    if prompt_len + max_new_tokens - 1 > ctx:
-        raise InputError(
-            f"prompt of {prompt_len} tokens + max_new_tokens={max_new_tokens} does not fit the "
-            f"model's context of {ctx} tokens — lower max_new_tokens to {ctx - prompt_len + 1}"
-        )
-
-
-def decode_steps(
-    model: Any,
-    ids: list[list[int]],
-    sampling: SamplingConfig,
-    max_new_tokens: int,
-    generator: torch.Generator | None = None,
-    compile: bool = False,
-) -> Iterator[torch.Tensor]:
-    """Prefill the left-padded batch, then yield the next token ids [B] at each step.
-
-    compile: decode through `torch.compile` over a static cache (the prefill stays eager).
-    """
-    device = next(model.parameters()).device
-    pad = model.cfg.pad_id  # pads are masked: any id inside the vocabulary works
-    tokens, mask = left_pad(ids, pad)
-    tokens, mask = tokens.to(device), mask.to(device)
-    needed = tokens.shape[1] + max_new_tokens - 1  # the last new token is never fed back
-    cache, forward = decoding_cache(model, len(ids), needed, compile)
-    logits = model(tokens, attention_mask=mask, cache=cache)[:, -1]
-    # pads stand in as the last prompt token
-    seen = torch.where(mask.bool(), tokens, tokens[:, -1:])
-    for step in range(max_new_tokens):
-        logits = apply_repetition_penalty(logits.float(), seen, sampling.repetition_penalty)
-        nxt = choose(logits, sampling, generator)
-        yield nxt
-        if step + 1 == max_new_tokens:
-            return
-        seen = torch.cat([seen, nxt[:, None]], 1)
-        logits = forward(nxt[:, None], cache=cache)[:, -1]
+def _generator(model: Any, seed: int | None) -> torch.Generator | None:
+    """A generator seeded with `seed` on the model's device, or None (torch's global RNG)."""
+    if seed is None:
+        return None
+    return torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
 
 
 @torch.no_grad()
@@ -200,12 +152,8 @@ def generate(
     prompts: Prompts,
     *,
     tokenizer: Any = None,
+    sampling: SamplingConfig | None = None,
     max_new_tokens: int = 64,
-    temperature: float = 0.0,
-    top_k: int | None = None,
-    top_p: float | None = None,
-    min_p: float | None = None,
-    repetition_penalty: float = 1.0,
     stop_ids: Sequence[int | str] | None = None,
     stop_strings: Sequence[str] | None = None,
     seed: int | None = None,
@@ -215,14 +163,17 @@ def generate(
     num_return_sequences: int = 1,
     add_special: bool = True,
     compile: bool = False,
+    **overrides: Any,
 ) -> GenerationOutput:
     """Complete each prompt; rows of different lengths are left-padded and decoded together.
 
-    Hooks registered on the model (`model.hooks(...)`) stay active at every step. `compile=True`
-    runs the decode steps through `torch.compile` (static cache): the first call compiles, later
-    calls of similar length and batch are faster (beam search stays eager).
+    `sampling` chooses the tokens (default greedy); its fields may also be given as keywords
+    (`temperature=0.8, top_p=0.95`), which override it. Hooks registered on the model
+    (`model.hooks(...)`) stay active at every step. `compile=True` runs the decode steps through
+    `torch.compile` (static cache): the first call compiles, later calls of similar length and
+    batch are faster (beam search stays eager).
     """
-    sampling = SamplingConfig(temperature, top_k, top_p, min_p, repetition_penalty)
+    sampling = (sampling or SamplingConfig()).updated(overrides, "generate", GENERATE_SETTINGS)
     check_settings(max_new_tokens, sampling, num_beams, num_return_sequences)
     ids = encode_prompts(prompts, tokenizer, add_special)
     check_ids(model, ids)
@@ -230,25 +181,31 @@ def generate(
     stops = resolve_stop_ids(stop_ids, tokenizer, model)
     if stop_strings and tokenizer is None:
         raise InputError("stop_strings need a tokenizer to decode the text — pass tokenizer=...")
+    n = num_return_sequences
+    lengths = [len(r) for r in ids for _ in range(n)]
     if num_beams > 1:
-        from lmlab.generate.beam import beam_search
-
-        return beam_search(
+        hyps = beam_search(
             model, ids, num_beams=num_beams, max_new_tokens=max_new_tokens, stop_ids=stops,
-            length_penalty=length_penalty, early_stopping=early_stopping,
-            num_return_sequences=num_return_sequences, tokenizer=tokenizer,
+            length_penalty=length_penalty, early_stopping=early_stopping, num_return_sequences=n,
         )  # fmt: skip
-    ids = [row for row in ids for _ in range(num_return_sequences)]
-    generator = None
-    if seed is not None:
-        generator = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
-    B = len(ids)
+        seqs = [h.tokens for h in hyps]
+        texts = None
+        if tokenizer is not None:
+            texts = [tokenizer.decode(s, skip_special=True) for s in seqs]
+        return GenerationOutput(
+            seqs, lengths, [h.reason for h in hyps], texts, [h.score for h in hyps]
+        )
+    run = Decoding(
+        model, ids, sampling, max_new_tokens, stop_ids=stops, generator=_generator(model, seed),
+        group_size=n, compile=compile,
+    )  # fmt: skip
+    B = len(lengths)
     out: list[list[int]] = [[] for _ in range(B)]
     reasons = ["length"] * B
     texts: list[str] | None = [""] * B if tokenizer is not None else None
-    for nxt in decode_steps(model, ids, sampling, max_new_tokens, generator, compile):
-        for b, t in enumerate(nxt.tolist()):
-            if reasons[b] != "length":
+    for step in run:
+        for b, (t, alive) in enumerate(zip(step.tokens.tolist(), step.alive.tolist(), strict=True)):
+            if not alive:
                 continue
             out[b].append(t)
             if t in stops:
@@ -258,42 +215,50 @@ def generate(
                 hit = [text.index(s) for s in stop_strings if s in text]
                 if hit:
                     reasons[b], texts[b] = "stop_string", text[: min(hit)]
-        if all(r != "length" for r in reasons):
-            break
+                    run.finish(b)
     if texts is not None:
         for b in range(B):
             if reasons[b] != "stop_string":
                 texts[b] = tokenizer.decode(out[b], skip_special=True)
-    return GenerationOutput(out, [len(r) for r in ids], reasons, texts)
+    return GenerationOutput(out, lengths, reasons, texts)
+
+
+# keywords of `generate` besides the sampling fields (named in the error for an unknown one)
+GENERATE_SETTINGS = (
+    "tokenizer", "sampling", "max_new_tokens", "stop_ids", "stop_strings", "seed", "num_beams",
+    "length_penalty", "early_stopping", "num_return_sequences", "add_special", "compile",
+)  # fmt: skip
+STREAM_SETTINGS = ("sampling", "max_new_tokens", "stop_ids", "seed", "compile")
 
 
 @torch.no_grad()
 def stream_generate(
-    model: Any, prompt: str | Sequence[int], tokenizer: Any, **kwargs: Any
+    model: Any,
+    prompt: str | Sequence[int],
+    tokenizer: Any,
+    *,
+    sampling: SamplingConfig | None = None,
+    max_new_tokens: int = 256,
+    stop_ids: Sequence[int | str] | None = None,
+    seed: int | None = None,
+    compile: bool = False,
+    **overrides: Any,
 ) -> Iterator[str]:
-    """Yield decoded text pieces of one completion as its tokens arrive (greedy or sampled)."""
-    max_new_tokens = kwargs.pop("max_new_tokens", 256)
-    stop_ids = kwargs.pop("stop_ids", None)
-    seed = kwargs.pop("seed", None)
-    compile = kwargs.pop("compile", False)
-    unknown = sorted(set(kwargs) - STREAM_SETTINGS)
-    if unknown:
-        raise InputError(
-            f"stream_generate got unknown setting(s) {', '.join(unknown)} — it takes "
-            f"max_new_tokens, stop_ids, seed, compile, {', '.join(sorted(STREAM_SETTINGS))}"
-        )
-    sampling = SamplingConfig(**kwargs)
+    """Yield decoded text pieces of one completion as its tokens arrive (greedy or sampled);
+    sampling fields may be given as keywords, as for `generate`."""
+    sampling = (sampling or SamplingConfig()).updated(overrides, "stream_generate", STREAM_SETTINGS)
     check_settings(max_new_tokens, sampling)
     ids = encode_prompts(prompt if isinstance(prompt, (str, torch.Tensor)) else [prompt], tokenizer)
     check_ids(model, ids)
     check_context(model, len(ids[0]), max_new_tokens)
     stops = resolve_stop_ids(stop_ids, tokenizer, model)
-    generator = None
-    if seed is not None:
-        generator = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
+    run = Decoding(
+        model, ids, sampling, max_new_tokens, stop_ids=stops, generator=_generator(model, seed),
+        compile=compile,
+    )  # fmt: skip
     stream = TextStream(tokenizer)
-    for nxt in decode_steps(model, ids, sampling, max_new_tokens, generator, compile):
-        t = int(nxt[0])
+    for step in run:
+        t = int(step.tokens[0])
         if t in stops:
             break
         piece = stream.push(t)

@@ -1,4 +1,4 @@
-"""Decoding with weights packed once for the CPU's matrix-multiply kernels.
+"""Decode weights packed once for the CPU's matrix-multiply kernels: an object the decoder builds.
 
 On a CPU every `nn.Linear` call re-lays its weight out for the GEMM kernel (MKL for float32,
 oneDNN for bfloat16) before multiplying. At decode shapes (a few rows per step) that repacking is
@@ -8,16 +8,22 @@ a large part of the matmul: packing each weight once per generation and reusing 
 faster. Batch 1 gains nothing (the kernel is then a matrix-vector product that reads the weight as
 it is), so callers pack only for several rows. PyTorch's inductor uses the same packed kernels
 when it freezes weights. Where a kernel does not work on this CPU (oneDNN's bf16 path needs
-AVX-512 or AVX-NE-CONVERT) or `LMLAB_KERNELS=plain` is set, the linears keep the plain path
-(`lmlab.kernels`).
+AVX-512 or AVX-NE-CONVERT) or `LMLAB_KERNELS=plain` is set, nothing is packed (`lmlab.kernels`).
+
+`PackedWeights(model, rows)` holds the packed weights; `run(...)` calls the model with them standing
+in for the linears' weights during that call only (as `torch.func.functional_call` would, without
+its per-call walk over every module), so no forward is replaced and nothing stays on the model.
+Each packed weight is the plain weight's storage under a tensor type whose `F.linear` runs the
+packed kernel; any other use of it (a hook reading the weight) sees the plain weight.
 """
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable
+from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from lmlab import kernels
@@ -36,66 +42,123 @@ def can_pack(model: nn.Module, rows: int) -> bool:
     )
 
 
-# Linears of one module that read the same input, multiplied as one while packed: the module's
-# attribute that takes the fused product -> the linears' names, in the order of the product's columns.
-FUSABLE = {"fused_qkv": ("q", "k", "v"), "fused_gate_up": ("gate", "up")}
+# Linears of one module that read the same input, multiplied as one while packed, in the order of
+# the product's columns (the module calls the first one first).
+FUSABLE = (("q", "k", "v"), ("gate", "up"))
 
 
-@contextlib.contextmanager
-def packed_linears(model: nn.Module, rows: int) -> Iterator[None]:
-    """While active, each plain `nn.Linear` of `model` multiplies with a weight packed on entry:
+class PackedWeights:
+    """Every plain, unhooked `nn.Linear` of `model` packed for `rows`-row inputs.
+
     bf16 for oneDNN under bf16 autocast or for bf16 weights (any row count, e.g. a prefill before
-    the decode steps), else float32 for MKL (inputs of `rows` rows; others take the usual path,
-    where the packing would not apply). Projections that read the same input (attention's q/k/v, a
-    gated MLP's gate/up) become one matmul over their stacked weights. Weights and hooks must not
-    change inside the block. A no-op where `can_pack` says packing does not apply."""
-    if not can_pack(model, rows):
-        yield
-        return
-    low = _low()
-    patched, fused = [], []
-    try:
+    the decode steps), else float32 for MKL (inputs of exactly `rows` rows; others take the plain
+    path, where the packing would not apply). Build it after autocast is set, as `can_pack` was
+    checked; weights and hooks must not change while it is used. Drop it to free the packed copies.
+    """
+
+    def __init__(self, model: nn.Module, rows: int) -> None:
+        self.model, self.rows = model, rows
+        self.tensors: dict[str, PackedWeight] = {}  # parameter name -> packed weight
+        self._linears: list[tuple[nn.Linear, PackedWeight]] = []
+        low, names = _low(), {id(m): n for n, m in model.named_modules()}
         groups = []
-        for owner, attr, linears in _groups(model):
+        for linears in _groups(model):
             dtype = _kernel_dtype(linears[0].weight.dtype, low)
             if _has_kernel(dtype):  # else (e.g. the bf16 linears of a mixed model): plain path
-                groups.append((owner, attr, linears, dtype))
+                groups.append((linears, dtype))
         # Weights are stacked / cast into one reused buffer per dtype before packing: fresh memory
         # for each would cost a page fault per 4 KiB, more than the copy itself.
         sizes: dict[torch.dtype, int] = {}
-        for _, _, linears, dtype in groups:
+        for linears, dtype in groups:
             if len(linears) > 1 or linears[0].weight.dtype != dtype:
                 n = sum(m.weight.numel() for m in linears)
                 sizes[dtype] = max(sizes.get(dtype, 0), n)
         staging = {dtype: torch.empty(n, dtype=dtype) for dtype, n in sizes.items()}
-        for owner, attr, linears, dtype in groups:
-            matmul = _packed_matmul(linears, rows, dtype, staging)
-            if attr is None:
-                owner.forward = matmul
-                patched.append(owner)
-            else:
-                setattr(owner, attr, matmul)
-                fused.append((owner, attr))
-        del staging
-        yield
-    finally:
-        for m in patched:
-            del m.forward
-        for m, attr in fused:
-            setattr(m, attr, None)
+        for linears, dtype in groups:
+            group = _Group(linears, _packed_matmul(linears, rows, dtype, staging))
+            for i, m in enumerate(linears):
+                weight = PackedWeight.wrap(m.weight, group, i)
+                self.tensors[f"{names[id(m)]}.weight"] = weight
+                self._linears.append((m, weight))
+
+    def run(self, *args: Any, **kwargs: Any) -> torch.Tensor:
+        """`model(*args, **kwargs)` with the packed weights."""
+        return self._with(self.model, *args, **kwargs)
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """`model.to_logits(hidden)` with the packed head."""
+        return self._with(self.model.to_logits, hidden)
+
+    def _with(self, fn: Callable[..., torch.Tensor], *args: Any, **kwargs: Any) -> torch.Tensor:
+        """fn(*args, **kwargs) with each packed weight standing in for its linear's weight."""
+        plain = [m._parameters["weight"] for m, _ in self._linears]
+        try:
+            for m, weight in self._linears:
+                m._parameters["weight"] = weight
+            return fn(*args, **kwargs)
+        finally:
+            for (m, _), w in zip(self._linears, plain, strict=True):
+                m._parameters["weight"] = w
 
 
-def _groups(model: nn.Module) -> list[tuple[nn.Module, str | None, list[nn.Linear]]]:
-    """(owner, attribute taking the fused product, its linears) for each fusable set of
-    projections, then (linear, None, [linear]) for every other plain linear."""
+class _Group:
+    """Linears that read one input, multiplied as one packed GEMM; hands each member its columns."""
+
+    def __init__(self, linears: list[nn.Linear], matmul: Callable) -> None:
+        self.matmul, self.sizes = matmul, [m.out_features for m in linears]
+        self.x: torch.Tensor | None = None
+        self.parts: list[torch.Tensor] = []
+
+    def output(self, i: int, x: torch.Tensor) -> torch.Tensor | None:
+        """Member i's output for input x, or None where the plain linear should run."""
+        if i == 0:
+            self.x, self.parts = None, []
+            out = self.matmul(x)
+            if out is None or len(self.sizes) == 1:
+                return out
+            self.x, self.parts = x, list(out.split(self.sizes, -1))
+            return self.parts[0]
+        if self.x is not x:  # not the input the first member saw
+            return None
+        out = self.parts[i]
+        if i == len(self.sizes) - 1:
+            self.x, self.parts = None, []
+        return out
+
+
+class PackedWeight(torch.Tensor):
+    """A linear's weight whose `F.linear` runs its group's packed GEMM; elsewhere the plain weight."""
+
+    group: _Group
+    index: int
+
+    @staticmethod
+    def wrap(weight: torch.Tensor, group: _Group, index: int) -> PackedWeight:
+        out = torch.Tensor._make_subclass(PackedWeight, weight.detach(), False)
+        out.group, out.index = group, index
+        return out
+
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is F.linear and len(args) >= 2 and isinstance(args[1], PackedWeight):
+            out = args[1].group.output(args[1].index, args[0])
+            if out is not None:
+                return out
+        with torch._C.DisableTorchFunctionSubclass():
+            return func(*args, **kwargs)
+
+
+def _groups(model: nn.Module) -> list[list[nn.Linear]]:
+    """Each fusable set of projections, then every other plain linear alone."""
     groups = []
     for m in model.modules():
-        for attr, names in FUSABLE.items():
+        for names in FUSABLE:
             linears = [getattr(m, n, None) for n in names]
-            if hasattr(m, attr) and _can_fuse(linears):
-                groups.append((m, attr, linears))
-    grouped = {id(m) for _, _, linears in groups for m in linears}
-    return groups + [(m, None, [m]) for m in model.modules() if _plain(m) and id(m) not in grouped]
+            if _can_fuse(linears):
+                groups.append(linears)
+    grouped = {id(m) for linears in groups for m in linears}
+    return groups + [[m] for m in model.modules() if _plain(m) and id(m) not in grouped]
 
 
 def _low() -> bool:
@@ -136,8 +199,9 @@ def _packed_matmul(
     rows: int,
     dtype: torch.dtype,
     staging: dict[torch.dtype, torch.Tensor],
-):
-    """x -> the linears' outputs side by side, from one `dtype` weight packed for `rows` rows."""
+) -> Callable[[torch.Tensor], torch.Tensor | None]:
+    """x -> the linears' outputs side by side from one `dtype` weight packed for `rows` rows, or
+    None where the packing does not apply to x (MKL's float32 packing is for `rows` rows only)."""
     first = linears[0]
     if len(linears) == 1 and first.weight.dtype == dtype:
         w = first.weight.detach()
@@ -147,29 +211,23 @@ def _packed_matmul(
         for m, part in zip(linears, w.split([m.out_features for m in linears]), strict=True):
             part.copy_(m.weight.detach())
     b = None if first.bias is None else torch.cat([m.bias.detach() for m in linears]).to(dtype)
-    bf16 = dtype == torch.bfloat16
-    if bf16:
+    if dtype == torch.bfloat16:
         packed = torch.ops.mkldnn._reorder_linear_weight(w, rows)
 
-        def matmul(x: torch.Tensor) -> torch.Tensor:
-            return torch.ops.mkldnn._linear_pointwise(
-                x.to(torch.bfloat16), packed, b, "none", [], ""
-            )
+        def matmul(x: torch.Tensor) -> torch.Tensor | None:
+            # oneDNN takes any row count with the same numbers; the kernels keep the leading dims
+            x = x.contiguous().to(torch.bfloat16)
+            return torch.ops.mkldnn._linear_pointwise(x, packed, b, "none", [], "")
 
-    else:
-        packed = torch.ops.mkl._mkl_reorder_linear_weight(w, rows)
-        # on the packed path `_mkl_linear` reads only the unpacked weight's sizes: hand it a
-        # zero-strided stand-in, not the staging buffer that the next weight overwrites
-        sizes = w.new_zeros(()).expand(w.shape)
+        return matmul
+    packed = torch.ops.mkl._mkl_reorder_linear_weight(w, rows)
+    # on the packed path `_mkl_linear` reads only the unpacked weight's sizes: hand it a
+    # zero-strided stand-in, not the staging buffer that the next weight overwrites
+    sizes = w.new_zeros(()).expand(w.shape)
 
-        def matmul(x: torch.Tensor) -> torch.Tensor:
-            return torch.ops.mkl._mkl_linear(x, packed, sizes, b, rows)
+    def matmul(x: torch.Tensor) -> torch.Tensor | None:
+        if x.numel() != rows * x.shape[-1] or x.dtype != torch.float32:
+            return None
+        return torch.ops.mkl._mkl_linear(x.contiguous(), packed, sizes, b, rows)
 
-    def forward(x: torch.Tensor) -> torch.Tensor:
-        # oneDNN takes any row count with the same numbers; MKL's packing is for `rows` rows only
-        if bf16 or (x.numel() == rows * x.shape[-1] and x.dtype == torch.float32):
-            return matmul(x.contiguous())  # the kernels take [..., in] and keep the leading dims
-        outs = [nn.Linear.forward(m, x) for m in linears]
-        return outs[0] if len(outs) == 1 else torch.cat(outs, -1)
-
-    return forward
+    return matmul

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import numbers
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -14,13 +16,24 @@ from lmlab.errors import InputError
 
 @dataclass
 class SamplingConfig:
-    """How the next token is chosen; temperature 0 means greedy."""
+    """How the next token is chosen; temperature 0 means greedy. The one definition of the sampling
+    knobs: `generate`, `Chat`, rollouts and the `lmlab generate` / `lmlab chat` flags come from it."""
 
-    temperature: float = 0.0
-    top_k: int | None = None
-    top_p: float | None = None
-    min_p: float | None = None
-    repetition_penalty: float = 1.0
+    temperature: float = field(default=0.0, metadata={"help": "0 = greedy; higher = more random"})
+    top_k: int | None = field(
+        default=None, metadata={"help": "sample among the k most likely tokens only"}
+    )
+    top_p: float | None = field(
+        default=None,
+        metadata={"help": "nucleus sampling: the fewest tokens holding this much probability"},
+    )
+    min_p: float | None = field(
+        default=None,
+        metadata={"help": "drop tokens less likely than min_p x the most likely token"},
+    )
+    repetition_penalty: float = field(
+        default=1.0, metadata={"help": "> 1 discourages tokens already in the text; 1 = off"}
+    )
 
     def __post_init__(self) -> None:
         """Refuse settings that would sample nonsense; the one place sampling knobs are checked."""
@@ -51,6 +64,22 @@ class SamplingConfig:
     @property
     def greedy(self) -> bool:
         return self.temperature == 0
+
+    def updated(
+        self, overrides: dict[str, Any], where: str, others: tuple[str, ...] = ()
+    ) -> SamplingConfig:
+        """A copy with `overrides` (sampling field names, as keyword arguments of `where`); an
+        unknown name raises `InputError` listing the sampling fields and `where`'s `others`."""
+        names = [f.name for f in dataclasses.fields(self)]
+        unknown = sorted(set(overrides) - set(names))
+        if unknown:
+            raise InputError(
+                f"{where} got unknown setting(s) {', '.join(unknown)} — it takes the sampling "
+                f"settings {', '.join(names)}"
+                + (f" and {', '.join(others)}" if others else "")
+                + " (or sampling=SamplingConfig(...))"
+            )
+        return dataclasses.replace(self, **overrides) if overrides else self
 
 
 def apply_repetition_penalty(

@@ -14,6 +14,7 @@ from collections import defaultdict
 import torch
 
 from lmlab.hooks import HookPoint
+from lmlab.interp.activation_cache import run_with_cache
 from lmlab.model import Transformer
 
 _NAME = re.compile(r"^L(\d+)(?:H(\d+)|N(\d+)|(MLP))$")
@@ -61,7 +62,7 @@ def mean_activations(
     """Mean over batch and positions of the hook activations the components live in."""
     names = sorted({_hook_name(*parse_component(c, model)[:2]) for c in components})
     with torch.no_grad():
-        _, cache = model.run_with_cache(tokens, names_filter=names)
+        _, cache = run_with_cache(model, tokens, names_filter=names)
     return {n: cache[n].float().mean((0, 1)) for n in names}
 
 

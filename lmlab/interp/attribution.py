@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from lmlab.hooks import ActivationCache
+from lmlab.interp.activation_cache import ActivationCache
 from lmlab.model import MLP, Transformer
 
 Tokens = int | torch.Tensor

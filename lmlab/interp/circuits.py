@@ -143,17 +143,9 @@ def to_logits(model: Transformer, vectors: torch.Tensor) -> torch.Tensor:
     with torch.no_grad():
         v = vectors.float()
         ln = model.ln_final
-        if ln is not None:
-            if ln.kind == "layernorm":
-                v = v - v.mean(-1, keepdim=True)
-            v = v * _gain(ln)
+        if ln is not None:  # the norm's own linear part at unit scale
+            v = ln.linear(v, torch.ones((), device=v.device))
         return v @ model.unembed.weight.detach().float().T
-
-
-def _gain(norm: torch.nn.Module) -> torch.Tensor:
-    """The per-feature multiplier of a norm module (1 + w for Gemma's RMSNorm)."""
-    w = norm.weight.detach().float()
-    return 1.0 + w if norm.kind == "rmsnorm_gemma" else w
 
 
 def full_ov(
@@ -177,10 +169,10 @@ def _in_fold(model: Transformer, layer: int) -> torch.Tensor:
     """[d, d] matrix of layer `layer`'s input norm without its scale: centering (LayerNorm) then gain."""
     ln = model.blocks[layer].ln1
     d = model.cfg.d_model
-    g = torch.diag(_gain(ln) * torch.ones(d))
-    if ln.kind == "layernorm":
-        return (torch.eye(d) - torch.full((d, d), 1.0 / d)) @ g
-    return g
+    if ln is None:  # no norm before attention (OLMo 2): the identity
+        return torch.eye(d)
+    with torch.no_grad():  # row i is the norm's linear part at unit scale applied to e_i
+        return ln.linear(torch.eye(d, device=ln.weight.device), torch.ones(())).cpu()
 
 
 def qk_matrix(model: Transformer, layer: int, head: int) -> torch.Tensor:

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from lmlab.interp.activation_cache import run_with_cache
 from lmlab.model import Transformer
 
 
@@ -85,7 +86,7 @@ def fit_tuned_lens(
         except StopIteration:
             it = iter(batches)
             tokens = next(it)
-        logits, cache = model.run_with_cache(tokens, names_filter=names)
+        logits, cache = run_with_cache(model, tokens, names_filter=names)
         target = F.log_softmax(logits.float(), -1)
         loss = (
             sum(
@@ -115,7 +116,7 @@ def layer_logits(
     n = model.cfg.n_layers
     names = [f"blocks.{i}.hook_resid_pre" for i in range(n)] + [f"blocks.{n - 1}.hook_resid_post"]
     with torch.no_grad():
-        _, cache = model.run_with_cache(tokens, names_filter=names)
+        _, cache = run_with_cache(model, tokens, names_filter=names)
         resids = cache.accumulated_resid(pos_slice=pos)
         return torch.stack([lens(resids[i], i) for i in range(n + 1)])
 

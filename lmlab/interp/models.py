@@ -27,13 +27,11 @@ def _fallback_tokenizer(name: str) -> Any:
     """A transformers tokenizer for a packaged model (used while lmlab's own is unavailable)."""
     from transformers import AutoTokenizer
 
-    from lmlab.weights.packaged import packaged_path
+    from lmlab.packaged import packaged_path
 
     path = packaged_path(name)
     if path is None:
-        raise FileNotFoundError(
-            f"packaged model {name!r} is not installed; see lmlab.weights.packaged"
-        )
+        raise FileNotFoundError(f"packaged model {name!r} is not installed; see lmlab.packaged")
     if path.suffix == ".gguf":
         return _HFTokenizer(AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name))
     return _HFTokenizer(AutoTokenizer.from_pretrained(str(path)))

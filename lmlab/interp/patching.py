@@ -15,7 +15,8 @@ import torch
 from tqdm import tqdm
 
 from lmlab.errors import LmlabError
-from lmlab.hooks import ActivationCache, HookPoint, act_name
+from lmlab.hooks import HookPoint
+from lmlab.interp.activation_cache import ActivationCache, hook_name, run_with_cache
 from lmlab.model import Transformer
 
 # metric(logits [N, T, V]) -> [N]: one value per sequence (or a scalar for a single sequence)
@@ -139,7 +140,7 @@ def _clean_cache(
     model: Transformer, clean_tokens: torch.Tensor, corrupt_tokens: torch.Tensor, names: list[str]
 ) -> ActivationCache:
     _check_pair(clean_tokens, corrupt_tokens)
-    _, cache = model.run_with_cache(clean_tokens, names_filter=names)
+    _, cache = run_with_cache(model, clean_tokens, names_filter=names)
     return cache
 
 
@@ -159,7 +160,7 @@ def patch_by_position(
             f"kind={kind!r} is not patchable by position; choose one of {POSITION_KINDS}"
         )
     layers = list(range(model.cfg.n_layers)) if layers is None else layers
-    names = [act_name(kind, i) for i in layers]
+    names = [hook_name(model, kind, i) for i in layers]
     cache = _clean_cache(model, clean_tokens, corrupt_tokens, names)
     T = clean_tokens.shape[-1]
     rows = []
@@ -189,7 +190,7 @@ def patch_heads(
             f"kind={kind!r} is not a per-head activation; choose one of {HEAD_KINDS}"
         )
     L = model.cfg.n_layers
-    names = [act_name(kind, i) for i in range(L)]
+    names = [hook_name(model, kind, i) for i in range(L)]
     cache = _clean_cache(model, clean_tokens, corrupt_tokens, names)
     T = clean_tokens.shape[-1]
     rows = []
@@ -229,9 +230,9 @@ def attribution_patch(
     `patch_heads` (kind "z": [layers, heads]), from one clean forward and one corrupted forward+backward."""
     if kind not in POSITION_KINDS and kind != "z":
         raise PatchingError(f"attribution_patch supports {POSITION_KINDS} and 'z', not {kind!r}")
-    names = [act_name(kind, i) for i in range(model.cfg.n_layers)]
+    names = [hook_name(model, kind, i) for i in range(model.cfg.n_layers)]
     clean = _clean_cache(model, clean_tokens, corrupt_tokens, names)
-    logits, corrupt = model.run_with_cache(corrupt_tokens, names_filter=names, grads=True)
+    logits, corrupt = run_with_cache(model, corrupt_tokens, names_filter=names, grads=True)
     acts = [corrupt[n] for n in names]
     grads = torch.autograd.grad(metric(logits).float().mean(), acts)
     out = []

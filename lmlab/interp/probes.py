@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from lmlab.hooks import act_name
+from lmlab.interp.activation_cache import hook_name, run_with_cache
 from lmlab.model import Transformer
 
 
@@ -36,8 +36,8 @@ def collect(
     for start in tqdm(range(0, tokens.shape[0], batch_size), desc="collect", leave=False):
         sl = slice(start, start + batch_size)
         mask = attention_mask[sl] if attention_mask is not None else None
-        _, cache = model.run_with_cache(
-            tokens[sl], attention_mask=mask, names_filter=names, stop_at_layer="auto"
+        _, cache = run_with_cache(
+            model, tokens[sl], attention_mask=mask, names_filter=names, stop_at_layer="auto"
         )
         for n in names:
             act = cache[n]  # [B, T, ...]
@@ -109,7 +109,7 @@ def probe_layers(
     **fit,
 ) -> torch.Tensor:
     """Held-out accuracy of a probe on `kind` at every layer: [n_layers]."""
-    names = [act_name(kind, i) for i in range(model.cfg.n_layers)]
+    names = [hook_name(model, kind, i) for i in range(model.cfg.n_layers)]
     acts = collect(model, tokens, names, pos=pos, attention_mask=attention_mask)
     return torch.tensor([train_probe(acts[n], labels, **fit).val_acc for n in names])
 
@@ -124,7 +124,7 @@ def probe_heads(
     **fit,
 ) -> torch.Tensor:
     """Held-out accuracy of a probe on each head's output z: [n_layers, n_heads]."""
-    names = [act_name("z", i) for i in range(model.cfg.n_layers)]
+    names = [hook_name(model, "z", i) for i in range(model.cfg.n_layers)]
     acts = collect(model, tokens, names, pos=pos, attention_mask=attention_mask)  # [N, H, D]
     return torch.tensor(
         [

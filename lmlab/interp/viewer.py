@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from lmlab.errors import InputError
+from lmlab.interp.activation_cache import run_with_cache
 from lmlab.runs import atomic_write
 
 _PAGE = """<!DOCTYPE html>
@@ -159,6 +160,6 @@ def model_viewer(
     """Run `model` on one sequence [1, T], cache every pattern and write the viewer."""
     n = model.cfg.n_layers
     names = [f"blocks.{i}.attn.hook_pattern" for i in range(n)]
-    _, cache = model.run_with_cache(tokens[:1], names_filter=names)
+    _, cache = run_with_cache(model, tokens[:1], names_filter=names)
     patterns = torch.stack([cache[nm][0] for nm in names])
     return write_viewer(path, token_strings, patterns, title)

@@ -1,34 +1,32 @@
 """Optimizers beyond AdamW: Muon, and the Newton–Schulz iteration it is built on.
 
-Importing this package registers `optimizer = "muon"` with the trainer (`lmlab.train.optimizers`):
-`TrainConfig.lr` is then the Muon learning rate of the hidden matrices, and the AdamW part
-(embeddings, head, norms, biases) runs at `ADAMW_LR_RATIO * lr` under the same schedule.
+The trainer builds `optimizer = "muon"` with `muon_factory`: `TrainConfig.lr` is then the Muon
+learning rate of the hidden matrices, and the AdamW part (embeddings, head, norms, biases) runs at
+`ADAMW_LR_RATIO * lr` under the same schedule.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
+from torch import nn
+
 from lmlab.optim.muon import Muon, muon_param_groups
 from lmlab.optim.newton_schulz import KELLER, orthogonalize
 
-__all__ = ["ADAMW_LR_RATIO", "KELLER", "Muon", "muon_param_groups", "orthogonalize"]
+__all__ = ["ADAMW_LR_RATIO", "KELLER", "Muon", "muon_factory", "muon_param_groups", "orthogonalize"]
 
 ADAMW_LR_RATIO = 0.1  # AdamW lr / Muon lr when the trainer builds Muon from a TrainConfig
 
 
-def _register() -> None:
-    try:
-        from lmlab.train import optimizers
-    except ImportError:  # trainer not installed: Muon still works standalone
-        return
+def muon_factory(model: nn.Module, cfg: Any) -> Muon:
+    """Muon for the blocks' matrices at cfg.lr, AdamW for the rest at ADAMW_LR_RATIO * cfg.lr.
 
-    @optimizers.register("muon")
-    def muon_factory(model, cfg) -> Muon:
-        """Muon for the blocks' matrices at cfg.lr, AdamW for the rest at ADAMW_LR_RATIO * cfg.lr."""
-        groups = muon_param_groups(model, cfg.weight_decay, cfg.weight_decay)
-        for g in groups:
-            g["lr_scale"] = 1.0 if g["use_muon"] else ADAMW_LR_RATIO
-            g["lr"] = cfg.lr * g["lr_scale"]
-        return Muon(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
-
-
-_register()
+    `cfg` is a `TrainConfig`; the trainer's optimizer registry (`lmlab.train.optimizers`) builds
+    `optimizer = "muon"` with this.
+    """
+    groups = muon_param_groups(model, cfg.weight_decay, cfg.weight_decay)
+    for g in groups:
+        g["lr_scale"] = 1.0 if g["use_muon"] else ADAMW_LR_RATIO
+        g["lr"] = cfg.lr * g["lr_scale"]
+    return Muon(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))

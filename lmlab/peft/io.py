@@ -22,7 +22,7 @@ from lmlab.errors import InputError, MissingFileError, OverwriteError
 from lmlab.peft.lora import LoraConfig, apply_lora, lora_layers
 from lmlab.runs import recover_folder, replace_folder
 from lmlab.weights.errors import WeightsError
-from lmlab.weights.hf import _renames
+from lmlab.weights.hf import hf_renames
 from lmlab.weights.hf_folder import read_json, read_safetensors
 
 PREFIX = "base_model.model."
@@ -31,7 +31,7 @@ PREFIX = "base_model.model."
 def module_name_maps(cfg) -> tuple[dict[str, str], dict[str, str]]:
     """(lmlab -> HF, HF -> lmlab) names of Linear modules that map one to one."""
     to_hf = {}
-    for hf, ours in _renames(cfg).items():
+    for hf, ours in hf_renames(cfg).items():
         if hf.endswith(".weight") and ours.endswith(".weight"):
             to_hf[ours[: -len(".weight")]] = hf[: -len(".weight")]
     return to_hf, {v: k for k, v in to_hf.items()}
@@ -65,7 +65,8 @@ def save_lora(
     if missing:
         raise InputError(
             f"no transformers module name for {missing[:3]} in family {model.cfg.family!r} "
-            "(e.g. GPT-2 fuses q/k/v into c_attn); target modules that exist in transformers too"
+            "(some families fuse q/k/v into one projection); target modules that exist in "
+            "transformers too"
         )
     tensors = {}
     for n, lin in layers.items():

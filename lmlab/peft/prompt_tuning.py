@@ -95,6 +95,10 @@ def _pre_hook(model: nn.Module, args: tuple, kwargs: dict):
     if kwargs.get("attention_mask") is not None:
         m = kwargs["attention_mask"]
         kwargs["attention_mask"] = torch.cat([m.new_ones(B, n), m], 1)
+    if kwargs.get("targets") is not None:  # no loss at the virtual positions
+        kwargs["targets"] = torch.cat(
+            [kwargs["targets"].new_full((B, n), -100), kwargs["targets"]], 1
+        )
     if kwargs.get("token_type_ids") is not None:
         kwargs["token_type_ids"] = torch.cat(
             [kwargs["token_type_ids"].new_zeros(B, n), kwargs["token_type_ids"]], 1

@@ -80,10 +80,11 @@ def block_params(cfg) -> int:
     d, H, KV, hd, f = cfg.d_model, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, cfg.d_ff
     attn = d * H * hd + 2 * d * KV * hd + H * hd * d
     attn += (H * hd + 2 * KV * hd) * cfg.attn_qkv_bias + d * cfg.attn_out_bias
-    attn += H * cfg.attn_sinks + 2 * hd * cfg.qk_norm
+    qk = (H + KV) * hd if cfg.qk_norm_scope == "all" else 2 * hd
+    attn += H * cfg.attn_sinks + qk * cfg.qk_norm
     n_in = 2 if cfg.gated else 1
     mlp = (n_in + 1) * d * f + (n_in * f + d) * cfg.mlp_bias
-    norms = (4 if cfg.sandwich_norm else 2) * norm_params(cfg)
+    norms = 2 * (cfg.pre_norm + cfg.sandwich_norm) * norm_params(cfg)
     return attn + mlp + norms
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 import matplotlib
 
@@ -14,6 +14,7 @@ from lmlab.data.shakespeare import prepare_shakespeare_char
 from lmlab.data.tokens import TokenData
 from lmlab.recipes import shakespeare_char
 from lmlab.runs import RunDir
+from lmlab.train import TrainConfig
 from lmlab.train.plots import plot_runs
 
 SUMMARY = "GPT variants (MQA, SwiGLU, RoPE, QuickGELU, residual scaling) for equal steps: val loss, params, tok/s"
@@ -31,50 +32,43 @@ def variants(d_model: int, n_layers: int) -> dict[str, dict]:
     }
 
 
+def default_train() -> TrainConfig:
+    """The baseline every variant shares: 4 layers, d_model 128, 200 AdamW steps."""
+    return TrainConfig(
+        model="gpt2-tiny",
+        model_overrides=dict(d_model=128, n_layers=4, n_heads=4),
+        block_size=64,
+        batch_size=32,
+        max_steps=200,
+        lr=3e-3,
+        min_lr=3e-4,
+        warmup_steps=20,
+        eval_interval=100,
+        eval_iters=10,
+        tensorboard=False,
+    )
+
+
 @dataclass
 class Config:
-    d_model: int = 128
-    n_layers: int = 4
-    n_heads: int = 4
-    block_size: int = 64
-    batch_size: int = 32
-    steps: int = 200
-    lr: float = 3e-3
-    eval_interval: int = 100
-    eval_iters: int = 10
+    train: TrainConfig = field(default_factory=default_train)
     only: str = ""  # comma-separated subset of variant names (substring match); empty: all
-    threads: int = 0
-    seed: int = 1337
 
 
 def run(cfg: Config, out: RunDir) -> dict:
+    tc = cfg.train
     folder, vocab = prepare_shakespeare_char()
-    data = TokenData(folder, cfg.block_size)
-    base = shakespeare_char.Config(
-        d_model=cfg.d_model,
-        n_layers=cfg.n_layers,
-        n_heads=cfg.n_heads,
-        block_size=cfg.block_size,
-        batch_size=cfg.batch_size,
-        lr=cfg.lr,
-        min_lr=cfg.lr / 10,
-        warmup_steps=min(100, cfg.steps // 10),
-        max_steps=cfg.steps,
-        eval_interval=cfg.eval_interval,
-        eval_iters=cfg.eval_iters,
-        threads=cfg.threads,
-        seed=cfg.seed,
-    )
+    data = TokenData(folder, tc.block_size)
+    mc = tc.model_config(vocab.vocab_size)
     wanted = [w.strip() for w in cfg.only.split(",") if w.strip()]
     results, histories = {}, {}
-    for name, over in variants(cfg.d_model, cfg.n_layers).items():
+    for name, over in variants(mc.d_model, mc.n_layers).items():
         if wanted and not any(w.lower() in name.lower() for w in wanted):
             continue
         print(f"== {name}")
         slug = "".join(c if c.isalnum() else "_" for c in name)
-        model, hist = shakespeare_char.train(
-            base, str(out.path / slug), data, vocab.vocab_size, model_overrides=over
-        )
+        vcfg = replace(tc, model_overrides={**tc.model_overrides, **over})
+        model, hist = shakespeare_char.train(vcfg, str(out.path / slug), data, vocab.vocab_size)
         tok_s = sorted(r["tok_s"] for r in hist if "tok_s" in r)
         results[name] = {
             "val_loss": [r for r in hist if "val_loss" in r][-1]["val_loss"],
@@ -82,12 +76,12 @@ def run(cfg: Config, out: RunDir) -> dict:
             "tok_s": tok_s[len(tok_s) // 2],
         }
         histories[name] = hist
-    plot_runs(histories, out.file("val_loss.png"), title=f"val loss, {cfg.steps} steps each")
+    plot_runs(histories, out.file("val_loss.png"), title=f"val loss, {tc.max_steps} steps each")
     fig, ax = plt.subplots(figsize=(7, 3.5))
     names = list(results)
     ax.barh(names, [results[n]["val_loss"] for n in names])
     ax.set(
-        xlabel=f"val loss after {cfg.steps} steps",
+        xlabel=f"val loss after {tc.max_steps} steps",
         xlim=(min(r["val_loss"] for r in results.values()) - 0.05, None),
     )
     fig.tight_layout()
@@ -100,8 +94,8 @@ def run(cfg: Config, out: RunDir) -> dict:
     print("| variant | val loss | params | tokens/s |\n|---|---|---|---|\n" + table)
     out.write_report(f"""# ablations
 
-Character-level GPT on TinyShakespeare, {cfg.n_layers} layers, d_model {cfg.d_model}, block {cfg.block_size},
-batch {cfg.batch_size}, {cfg.steps} steps each, same seed and data order. tokens/s is the median over
+Character-level GPT on TinyShakespeare, {mc.n_layers} layers, d_model {mc.d_model}, block {tc.block_size},
+batch {tc.batch_size}, {tc.max_steps} steps each, same seed and data order. tokens/s is the median over
 logging intervals (CPU, shared machine: compare within this run only).
 
 | variant | val loss | params | tokens/s |

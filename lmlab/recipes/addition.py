@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 import torch
 
@@ -18,43 +18,38 @@ SUMMARY = (
 )
 
 
+def default_train() -> TrainConfig:
+    """A 2-layer d_model 64 GPT, AdamW 3e-3 cosine, up to 1,500 steps of 128 sums."""
+    return TrainConfig(
+        model="gpt2-tiny",
+        model_overrides=dict(d_model=64, n_layers=2, n_heads=4),
+        data="task:addition",
+        batch_size=128,
+        lr=3e-3,
+        min_lr=3e-4,
+        warmup_steps=50,
+        max_steps=1500,
+        weight_decay=0.0,
+        eval_interval=100,
+        eval_iters=2,
+        threads=1,  # one thread is fastest for a model this small (and on a busy machine)
+        seed=0,
+        tensorboard=False,
+    )
+
+
 @dataclass
 class Config:
+    train: TrainConfig = field(default_factory=default_train)
     digits: int = 3
     n_test: int = 2000
     target: float = 0.995  # stop once exact match on the (separate) validation pairs reaches this
-    d_model: int = 64
-    n_layers: int = 2
-    n_heads: int = 4
-    batch_size: int = 128
-    lr: float = 3e-3
-    min_lr: float = 3e-4
-    warmup_steps: int = 50
-    max_steps: int = 1500
-    eval_interval: int = 100
-    threads: int = 1  # one thread is fastest for a model this small (and on a busy machine)
-    seed: int = 0
 
 
 def run(cfg: Config, out: RunDir) -> dict:
     task = AdditionTask(digits=cfg.digits, n_test=cfg.n_test, seed=1234)
-    tcfg = TrainConfig(
-        model="gpt2-tiny",
-        model_overrides=dict(d_model=cfg.d_model, n_layers=cfg.n_layers, n_heads=cfg.n_heads),
-        batch_size=cfg.batch_size,
-        lr=cfg.lr,
-        min_lr=cfg.min_lr,
-        warmup_steps=cfg.warmup_steps,
-        max_steps=cfg.max_steps,
-        weight_decay=0.0,
-        eval_interval=cfg.eval_interval,
-        eval_iters=2,
-        out_dir=str(out.path / "train"),
-        threads=cfg.threads,
-        seed=cfg.seed,
-        tensorboard=False,
-    )
-    torch.manual_seed(cfg.seed)
+    tcfg = replace(cfg.train, out_dir=str(out.path / "train"))
+    torch.manual_seed(tcfg.seed)
     model = Transformer(tcfg.model_config(task.vocab_size, task.block_size))
     t0 = time.perf_counter()
 
@@ -77,7 +72,7 @@ def run(cfg: Config, out: RunDir) -> dict:
     n_params = sum(p.numel() for p in model.parameters())
     out.write_report(f"""# addition
 
-A {cfg.n_layers}-layer GPT (d_model {cfg.d_model}, {n_params:,} parameters, 12-symbol vocabulary) trained on
+A {model.cfg.n_layers}-layer GPT (d_model {model.cfg.d_model}, {n_params:,} parameters, 12-symbol vocabulary) trained on
 random {cfg.digits}-digit sums `a+b=` whose answer is written with its digits reversed; the loss covers
 only the answer digits. Training stops when exact match on 1,000 validation pairs reaches
 {100 * cfg.target:.1f}%; the {cfg.n_test:,} test pairs (like the validation pairs) never appear in training.
@@ -86,7 +81,7 @@ only the answer digits. Training stops when exact match on 1,000 validation pair
 |---|---|
 | test exact match (greedy, {cfg.n_test:,} pairs) | {100 * acc:.2f}% |
 | steps | {steps} |
-| training sequences | {steps * cfg.batch_size:,} |
+| training sequences | {steps * tcfg.batch_size:,} |
 | wall time | {seconds:.0f} s |
 
 Samples (answers shown in normal digit order):

@@ -1,40 +1,47 @@
-"""GPT-OSS-style 588M mixture-of-experts model (352M active) from scratch: a one-GPU recipe."""
+"""GPT-OSS-style 588M mixture-of-experts model (352M active) from scratch: a one-GPU recipe.
+
+This module is the one definition of the run: `lmlab run gpt-oss-588m` (`--train.parallel=fsdp`
+under torchrun to shard parameters and optimizer state across GPUs). Shards:
+`python -m lmlab.data.prepare corpus/*.jsonl --out data/fineweb_o200k --tokenizer o200k_harmony`.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from lmlab.recipes._gpu_pretrain import run_pretrain
 from lmlab.runs import RunDir
+from lmlab.train import TrainConfig
 
 SUMMARY = "GPU: GPT-OSS-style 588M MoE (sinks, sliding windows, 16 experts top-4) from scratch, bf16 + compile"
 
 
+def default_train() -> TrainConfig:
+    """4 x 64 x 2048 = 524,288 tokens per step, warmup-stable-decay; vocabulary: the data's."""
+    return TrainConfig(
+        model="gpt-oss-588m",
+        data="data/fineweb_o200k",
+        block_size=2048,
+        batch_size=4,
+        grad_accum=64,
+        max_steps=19073,
+        lr=3e-4,
+        min_lr=3e-5,
+        warmup_steps=700,
+        schedule="wsd",
+        weight_decay=0.1,
+        dtype="bfloat16",
+        compile=True,
+        eval_interval=250,
+        eval_iters=20,
+        checkpoint_interval=1000,
+    )
+
+
 @dataclass
 class Config:
-    model: str = "gpt-oss-588m"
-    vocab_size: int = 0  # 0: the data's (o200k_harmony ids from the tokenizer issue's loader)
-    data: str = "data/fineweb_o200k"  # python -m lmlab.data.prepare FILES --out ... --tokenizer o200k_harmony
-    block_size: int = 2048
-    batch_size: int = 4
-    grad_accum: int = 64  # 4 x 64 x 2048 = 524,288 tokens per step
-    max_steps: int = 19073
-    lr: float = 3e-4
-    min_lr: float = 3e-5
-    warmup_steps: int = 700
-    schedule: str = "wsd"
-    weight_decay: float = 0.1
-    optimizer: str = "adamw"
-    dtype: str = "bfloat16"
-    compile: bool = True
-    device: str = "auto"
-    parallel: str = "ddp"  # "fsdp" to shard parameters and optimizer state across GPUs
+    train: TrainConfig = field(default_factory=default_train)
     require_gpu: bool = True
-    eval_interval: int = 250
-    eval_iters: int = 20
-    log_interval: int = 10
-    checkpoint_interval: int = 1000
-    seed: int = 1337
 
 
 def run(cfg: Config, out: RunDir) -> dict:
@@ -42,5 +49,5 @@ def run(cfg: Config, out: RunDir) -> dict:
         cfg,
         out,
         "gpt-oss-588m",
-        f"python -m lmlab.data.prepare corpus/*.jsonl --out {cfg.data} --tokenizer o200k_harmony",
+        f"python -m lmlab.data.prepare corpus/*.jsonl --out {cfg.train.data} --tokenizer o200k_harmony",
     )

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 import torch
 
@@ -11,6 +11,7 @@ from lmlab.data.tasks import AdditionTask
 from lmlab.data.tasks.addition import CHARS
 from lmlab.model import Transformer
 from lmlab.rl import GRPOConfig, GRPOTrainer
+from lmlab.rl.config import grpo_train_config
 from lmlab.rl.plots import plot_rewards
 from lmlab.rl.tasks import RLTask
 from lmlab.runs import RunDir
@@ -21,25 +22,33 @@ from lmlab.train.plots import plot_loss
 SUMMARY = "an under-trained 3-digit addition GPT gains >= 20 points of exact match from GRPO alone"
 
 
+def default_sft() -> TrainConfig:
+    """The supervised phase (stopped early at `sft_target`): a 2-layer GPT, AdamW 3e-3 cosine."""
+    return TrainConfig(
+        model="gpt2-tiny", model_overrides=dict(d_model=64, n_layers=2, n_heads=4),
+        data="task:addition", batch_size=128, lr=3e-3, min_lr=3e-4, warmup_steps=20,
+        max_steps=1500, weight_decay=0.0, eval_interval=5, eval_iters=2, threads=1, seed=0,
+        tensorboard=False,
+    )  # fmt: skip
+
+
+def default_train() -> TrainConfig:
+    """The GRPO phase: GRPO's training defaults with lr 3e-4 for 400 steps."""
+    return grpo_train_config(lr=3e-4, max_steps=400, threads=1, seed=0)
+
+
 @dataclass
 class Config:
+    train: TrainConfig = field(default_factory=default_train)  # the GRPO phase (--train.lr=...)
+    sft: TrainConfig = field(default_factory=default_sft)  # the supervised phase (--sft.lr=...)
     digits: int = 3
     sft_target: float = 0.35  # reduced SFT budget: stop once validation exact match reaches this
-    sft_max_steps: int = 1500
-    d_model: int = 64
-    n_layers: int = 2
-    n_heads: int = 4
-    sft_lr: float = 3e-3
-    grpo_steps: int = 400
     num_generations: int = 8
     prompts_per_step: int = 32
-    lr: float = 3e-4
     temperature: float = 1.0
     loss_type: str = "dapo"
     beta: float = 0.0
     n_test: int = 2000
-    threads: int = 1
-    seed: int = 0
 
 
 def exact_answer(prompts: list[str], completions: list[str], answer: list[str], **_) -> list[float]:
@@ -75,15 +84,8 @@ def rl_task(task: AdditionTask, n_train: int, seed: int) -> RLTask:
 
 
 def pretrain(cfg: Config, task: AdditionTask, out: RunDir) -> tuple[Transformer, list[dict]]:
-    tcfg = TrainConfig(
-        model="gpt2-tiny",
-        model_overrides=dict(d_model=cfg.d_model, n_layers=cfg.n_layers, n_heads=cfg.n_heads),
-        batch_size=128, lr=cfg.sft_lr, min_lr=cfg.sft_lr / 10, warmup_steps=20,
-        max_steps=cfg.sft_max_steps, weight_decay=0.0, eval_interval=5,
-        eval_iters=2, out_dir=str(out.path / "sft"), threads=cfg.threads, seed=cfg.seed,
-        tensorboard=False,
-    )  # fmt: skip
-    torch.manual_seed(cfg.seed)
+    tcfg = replace(cfg.sft, out_dir=str(out.path / "sft"))
+    torch.manual_seed(tcfg.seed)
     model = Transformer(tcfg.model_config(task.vocab_size, task.block_size))
 
     def reached(trainer: Trainer, rec: dict) -> bool:
@@ -95,7 +97,8 @@ def pretrain(cfg: Config, task: AdditionTask, out: RunDir) -> tuple[Transformer,
 
 
 def run(cfg: Config, out: RunDir) -> dict:
-    torch.set_num_threads(cfg.threads)
+    if cfg.sft.threads:
+        torch.set_num_threads(cfg.sft.threads)
     task = AdditionTask(digits=cfg.digits, n_test=cfg.n_test, seed=1234)
     t0 = time.perf_counter()
     model, sft_history = pretrain(cfg, task, out)
@@ -106,10 +109,10 @@ def run(cfg: Config, out: RunDir) -> dict:
         chat=False, system_prompt="", num_generations=cfg.num_generations,
         prompts_per_step=cfg.prompts_per_step, micro_batch_size=cfg.num_generations * cfg.prompts_per_step,
         max_new_tokens=task.answer_len, temperature=cfg.temperature, beta=cfg.beta,
-        loss_type=cfg.loss_type, lr=cfg.lr, max_steps=cfg.grpo_steps,
-        out_dir=str(out.path / "grpo"), seed=cfg.seed,
+        loss_type=cfg.loss_type, train=replace(cfg.train, out_dir=str(out.path / "grpo")),
     )  # fmt: skip
-    trainer = GRPOTrainer(model, CharTokenizer(CHARS), gcfg, rl_task(task, 20000, cfg.seed))
+    steps = cfg.train.max_steps
+    trainer = GRPOTrainer(model, CharTokenizer(CHARS), gcfg, rl_task(task, 20000, cfg.train.seed))
     trainer.stop_ids = []  # answers have a fixed length; no end token
     t1 = time.perf_counter()
     history = trainer.fit()
@@ -120,11 +123,11 @@ def run(cfg: Config, out: RunDir) -> dict:
     plot_rewards(history, out.file("rewards.png"), title="GRPO on the addition GPT")
     gain = 100 * (after - before)
     print(f"exact match on {cfg.n_test} held-out pairs: {100 * before:.1f}% -> {100 * after:.1f}% "
-          f"(+{gain:.1f} points) after {cfg.grpo_steps} GRPO steps in {t_grpo:.0f} s")  # fmt: skip
+          f"(+{gain:.1f} points) after {steps} GRPO steps in {t_grpo:.0f} s")  # fmt: skip
     out.write_report(f"""# grpo-addition
 
-A {cfg.n_layers}-layer GPT (d_model {cfg.d_model}) trained on reversed-answer 3-digit addition only
-until validation exact match reached {cfg.sft_target:.0%} (checked every 5 steps; stopped after
+A {model.cfg.n_layers}-layer GPT (d_model {model.cfg.d_model}) trained on reversed-answer 3-digit addition only
+until validation exact match reached {cfg.sft_target:.0%} (checked every {cfg.sft.eval_interval} steps; stopped after
 {sft_history[-1]["step"]} steps, {t_sft:.0f} s), then GRPO with rewards only (exact answer +
 fraction of digits right), {cfg.num_generations} samples per prompt, {cfg.prompts_per_step} prompts
 per step, loss `{cfg.loss_type}`, beta {cfg.beta}.
@@ -132,7 +135,7 @@ per step, loss `{cfg.loss_type}`, beta {cfg.beta}.
 | | exact match on {cfg.n_test} held-out pairs |
 |---|---|
 | after SFT | {100 * before:.1f}% |
-| after {cfg.grpo_steps} GRPO steps ({t_grpo:.0f} s) | {100 * after:.1f}% |
+| after {steps} GRPO steps ({t_grpo:.0f} s) | {100 * after:.1f}% |
 
 Gain: **{gain:+.1f} points**.
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -18,36 +18,42 @@ from lmlab.config import Config as ModelConfig
 from lmlab.data.tasks.induction import induction_batch
 from lmlab.data.tokens import IGNORE_INDEX
 from lmlab.interp import ablation, circuits, heads, viz
+from lmlab.interp.activation_cache import run_with_cache
 from lmlab.interp.circuit_plots import plot_curves, plot_matrix
-from lmlab.interp.toy_train import lm_loss, train
+from lmlab.interp.toy_train import lm_loss
 from lmlab.model import Transformer
+from lmlab.recipes._toy import fit, toy_train_config
 from lmlab.runs import RunDir
+from lmlab.train import TrainConfig
 
 SUMMARY = "2-layer attention-only model on repeated random tokens: induction-head phase change"
 
 
+def default_train() -> TrainConfig:
+    """AdamW at a constant 1e-3, no weight decay, 2,000 steps of 32 sequences, evaluated every 50."""
+    return toy_train_config(
+        max_steps=2000, batch_size=32, lr=1e-3, warmup_steps=0, schedule="constant",
+        weight_decay=0.0, eval_interval=50, seed=1,
+    )  # fmt: skip
+
+
 @dataclass
 class Config:
+    train: TrainConfig = field(default_factory=default_train)  # seed: the training batches'
     vocab_size: int = 64
     d_model: int = 64
     n_heads: int = 4
     min_repeat: int = 8  # repeat length (tokens per copy) drawn per batch from [min, max]
     max_repeat: int = 32
-    steps: int = 2000
-    batch: int = 32
-    lr: float = 1e-3
-    warmup: int = 0
-    eval_every: int = 50
     eval_repeat: int = 24  # held-out batch: BOS + 24 random tokens, repeated
     eval_batch: int = 64
     phase_window: int = 4  # evaluations in the window searched for the steepest loss drop
-    seed: int = 0
-    threads: int = 1
+    init_seed: int = 0  # the model's initialization
 
 
 def build_model(cfg: Config) -> Transformer:
     """Attention-only, 2 layers, RoPE (relative positions make a previous-token head easy)."""
-    torch.manual_seed(cfg.seed)
+    torch.manual_seed(cfg.init_seed)
     return Transformer(
         ModelConfig(
             name="induction-attn-only",
@@ -80,7 +86,7 @@ def _check(cfg: Config) -> None:
 def _batch_fn(cfg: Config):
     def batch(g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         n = int(torch.randint(cfg.min_repeat, cfg.max_repeat + 1, (1,), generator=g))
-        toks = induction_batch(cfg.batch, n, cfg.vocab_size, g, bos=0)
+        toks = induction_batch(cfg.train.batch_size, n, cfg.vocab_size, g, bos=0)
         x, y = toks[:, :-1], toks[:, 1:].clone()
         y[:, : n + 1] = (
             IGNORE_INDEX  # loss on the repeated half after its (unpredictable) first token
@@ -112,7 +118,8 @@ def steepest_drop(steps: list[int], loss: list[float], window: int) -> dict[str,
 def run(cfg: Config, out: RunDir) -> dict:
     """Train, tracking held-out losses and head scores; then read the circuit and write the report."""
     _check(cfg)
-    torch.set_num_threads(cfg.threads)
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
     t0 = time.perf_counter()
     model = build_model(cfg)
     n = cfg.eval_repeat
@@ -137,17 +144,7 @@ def run(cfg: Config, out: RunDir) -> dict:
             "previous_token": s["previous_token"].tolist(),
         }
 
-    hist = train(
-        model,
-        _batch_fn(cfg),
-        steps=cfg.steps,
-        lr=cfg.lr,
-        warmup=cfg.warmup,
-        seed=cfg.seed + 1,
-        eval_every=cfg.eval_every,
-        evaluate=evaluate,
-        desc="induction-formation",
-    )
+    hist = fit(model, _batch_fn(cfg), cfg.train, evaluate, "induction-formation")
     train_s = time.perf_counter() - t0
     steps = [h["step"] for h in hist]
     rep = [h["loss_repeated_half"] for h in hist]
@@ -208,7 +205,7 @@ def run(cfg: Config, out: RunDir) -> dict:
         centered=False,
     )
     with torch.no_grad():
-        _, cache = model.run_with_cache(ev[:1], names_filter=lambda x: x.endswith("hook_pattern"))
+        _, cache = run_with_cache(model, ev[:1], names_filter=lambda x: x.endswith("hook_pattern"))
     labels = ["BOS"] + [f"r{i}" for i in range(n)] * 2
     viz.plot_pattern(
         cache["pattern", best.layer][0, best.head],
@@ -239,7 +236,7 @@ def run(cfg: Config, out: RunDir) -> dict:
         "ablated_previous_token_heads": prev_heads,
         "loss_repeated_half_ablated": rep_ablated,
         "train_seconds": train_s,
-        "threads": cfg.threads,
+        "threads": cfg.train.threads,
     }
     metrics["total_seconds"] = time.perf_counter() - t0
     out.write_report(_report(cfg, metrics, final, kcomp, qcomp, vcomp))
@@ -255,7 +252,7 @@ def _report(cfg: Config, m: dict, final: dict, kcomp, qcomp, vcomp) -> str:
         f"Model: 2 attention-only layers, {H} heads, d_model={cfg.d_model}, RoPE, vocab "
         f"{cfg.vocab_size}. Data: BOS + n random tokens + the same n again, n drawn from "
         f"[{cfg.min_repeat}, {cfg.max_repeat}] per batch; loss only on the repeated half (after its first token). "
-        f"{cfg.steps} AdamW steps, batch {cfg.batch}, lr {cfg.lr}. Held out: {cfg.eval_batch} "
+        f"{cfg.train.max_steps} AdamW steps, batch {cfg.train.batch_size}, lr {cfg.train.lr}. Held out: {cfg.eval_batch} "
         f"sequences with n={cfg.eval_repeat}.",
         "",
         "## Phase change",
@@ -316,6 +313,6 @@ def _report(cfg: Config, m: dict, final: dict, kcomp, qcomp, vcomp) -> str:
         f"{m['loss_repeated_half_ablated']:.3f}.",
         "",
         f"Wall clock: {m['train_seconds']:.0f} s training, {m['total_seconds']:.0f} s in all, "
-        f"{cfg.threads} torch thread(s).",
+        f"{cfg.train.threads} torch thread(s).",
     ]
     return "\n".join(lines)

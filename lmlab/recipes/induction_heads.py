@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import torch
 
 from lmlab.interp import heads, viz
+from lmlab.interp.activation_cache import run_with_cache
 from lmlab.interp.models import load_model
 from lmlab.interp.viewer import write_viewer
 from lmlab.runs import RunDir
@@ -37,7 +38,7 @@ def run(cfg: Config, out: RunDir) -> dict:
             s, out.file(f"{kind}_scores.png"), f"{kind} score per head ({cfg.model})"
         )
     names = [f"blocks.{i}.attn.hook_pattern" for i in range(model.cfg.n_layers)]
-    _, cache = model.run_with_cache(tokens[:1], names_filter=names)
+    _, cache = run_with_cache(model, tokens[:1], names_filter=names)
     pats = torch.stack([cache[n][0] for n in names])  # [L, H, T, T]
     viz.plot_head_grid(
         pats,

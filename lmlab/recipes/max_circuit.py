@@ -9,41 +9,46 @@ copy: attending to token t raises logit t most (a dominant diagonal).
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
 from lmlab.config import Config as ModelConfig
 from lmlab.data.tasks.maxsort import MaxSortTask
 from lmlab.interp import circuits, viz
+from lmlab.interp.activation_cache import run_with_cache
 from lmlab.interp.circuit_plots import plot_curves, plot_line, plot_matrix
-from lmlab.interp.toy_train import train
 from lmlab.model import Transformer
+from lmlab.recipes._toy import fit, toy_train_config
 from lmlab.runs import RunDir
+from lmlab.train import TrainConfig
 
 SUMMARY = "1-layer attention-only model takes the max of a list; QK prefers large tokens, OV copies"
 
 
+def default_train() -> TrainConfig:
+    """AdamW 3e-3, 100 warmup steps then cosine to 0, weight decay 0.01, 2,000 steps of 128 lists."""
+    return toy_train_config(
+        max_steps=2000, batch_size=128, lr=3e-3, warmup_steps=100, weight_decay=0.01,
+        eval_interval=250, seed=1,
+    )  # fmt: skip
+
+
 @dataclass
 class Config:
+    train: TrainConfig = field(default_factory=default_train)  # seed: the training batches'
     max_value: int = 64  # list items are 0..max_value-1; SEP = max_value
     length: int = 8  # held-out lists have this length
     min_length: int = 2  # training lists: length drawn per batch from [min_length, length]
     d_model: int = 64
     n_heads: int = 1
-    steps: int = 2000
-    batch: int = 128
-    lr: float = 3e-3
-    warmup: int = 100
-    eval_every: int = 250
     eval_lists: int = 4096
-    seed: int = 0
-    threads: int = 1
+    init_seed: int = 0  # the model's initialization
 
 
 def build_model(cfg: Config) -> Transformer:
     """One attention-only layer, no position embeddings (the max of a list ignores order)."""
-    torch.manual_seed(cfg.seed)
+    torch.manual_seed(cfg.init_seed)
     return Transformer(
         ModelConfig(
             name="max-attn-only",
@@ -77,30 +82,22 @@ def accuracy(model: Transformer, x: torch.Tensor, y: torch.Tensor) -> float:
 def run(cfg: Config, out: RunDir) -> dict:
     """Train, measure held-out accuracy, read the QK and OV circuits, write plots and report."""
     _check(cfg)
-    torch.set_num_threads(cfg.threads)
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
     t0 = time.perf_counter()
     M = cfg.max_value
     model = build_model(cfg)
-    held = torch.Generator().manual_seed(10**6)  # training draws from seed + 1
+    held = torch.Generator().manual_seed(10**6)  # training draws from train.seed
     hx, hy = MaxSortTask("max", cfg.length, M).get_batch("val", cfg.eval_lists, held)
 
     def batch(g: torch.Generator):
         n = int(torch.randint(cfg.min_length, cfg.length + 1, (1,), generator=g))
-        return MaxSortTask("max", n, M).get_batch("train", cfg.batch, g)
+        return MaxSortTask("max", n, M).get_batch("train", cfg.train.batch_size, g)
 
-    hist = train(
-        model,
-        batch,
-        steps=cfg.steps,
-        lr=cfg.lr,
-        warmup=cfg.warmup,
-        decay=True,
-        weight_decay=0.01,
-        seed=cfg.seed + 1,
-        eval_every=cfg.eval_every,
-        evaluate=lambda step: {"held_out_accuracy": accuracy(model, hx, hy)},
-        desc="max-circuit",
-    )
+    def evaluate(step: int) -> dict:
+        return {"held_out_accuracy": accuracy(model, hx, hy)}
+
+    hist = fit(model, batch, cfg.train, evaluate, "max-circuit")
     train_s = time.perf_counter() - t0
     acc = accuracy(model, hx, hy)
     by_len = {}
@@ -110,7 +107,7 @@ def run(cfg: Config, out: RunDir) -> dict:
 
     # attention actually paid at SEP to the position(s) holding the max
     with torch.no_grad():
-        _, cache = model.run_with_cache(hx, names_filter="blocks.0.attn.hook_pattern")
+        _, cache = run_with_cache(model, hx, names_filter="blocks.0.attn.hook_pattern")
     pat = cache["pattern", 0][:, :, -1, :-1]  # [B, H, n]: SEP's attention over the items
     on_max = (pat * (hx[:, None, :-1] == hy[:, None, -1:]).float()).sum(-1).mean(0)  # [H]
 
@@ -198,7 +195,7 @@ def run(cfg: Config, out: RunDir) -> dict:
         "ov_stats_by_token_range": ov_ranges,
         "direct_path_logit_range": float(direct.max() - direct.min()),
         "train_seconds": train_s,
-        "threads": cfg.threads,
+        "threads": cfg.train.threads,
     }
     out.write_report(_report(cfg, metrics, heads, best))
     return metrics
@@ -211,8 +208,9 @@ def _report(cfg: Config, m: dict, heads: list[dict], best: dict) -> str:
         "",
         f"Model: 1 attention-only layer, {cfg.n_heads} head(s), d_model={cfg.d_model}, no position "
         f"embeddings. Data: `x1 .. xn SEP max`, items uniform in 0..{M - 1}, n drawn from "
-        f"[{cfg.min_length}, {cfg.length}] per batch; loss on the answer only. {cfg.steps} AdamW "
-        f"steps, batch {cfg.batch}, lr {cfg.lr} (warmup, cosine decay).",
+        f"[{cfg.min_length}, {cfg.length}] per batch; loss on the answer only. "
+        f"{cfg.train.max_steps} AdamW steps, batch {cfg.train.batch_size}, lr {cfg.train.lr} "
+        f"({cfg.train.warmup_steps} warmup steps, {cfg.train.schedule} decay).",
         "",
         "## Accuracy",
         "",
@@ -278,6 +276,6 @@ def _report(cfg: Config, m: dict, heads: list[dict], best: dict) -> str:
         "![](ov_circuit.png)",
         "![](ov_diagonal.png)",
         "",
-        f"Wall clock: {m['train_seconds']:.0f} s training, {cfg.threads} torch thread(s).",
+        f"Wall clock: {m['train_seconds']:.0f} s training, {cfg.train.threads} torch thread(s).",
     ]
     return "\n".join(lines)

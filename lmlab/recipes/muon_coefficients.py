@@ -15,8 +15,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from lmlab.config import preset
 from lmlab.data.shakespeare import shakespeare_text
+from lmlab.families import preset
 from lmlab.model import Transformer
 from lmlab.optim import Muon, muon_param_groups
 from lmlab.optim.newton_schulz import (

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import matplotlib
 
@@ -15,58 +15,48 @@ from lmlab.data.tokens import TokenData
 from lmlab.optim import ADAMW_LR_RATIO
 from lmlab.recipes import shakespeare_char
 from lmlab.runs import RunDir
+from lmlab.train import TrainConfig
 
 SUMMARY = "Muon vs AdamW on shakespeare-char: lr sweep for each, loss curves, final val losses"
 
 
+def default_train() -> TrainConfig:
+    """The shared settings of every run in the sweep (the sweep sets optimizer, lr and min_lr)."""
+    return TrainConfig(
+        model="gpt2-tiny",
+        model_overrides=dict(d_model=64, n_layers=2, n_heads=4),
+        block_size=64,
+        batch_size=16,
+        max_steps=600,
+        warmup_steps=50,
+        weight_decay=0.0,
+        eval_interval=100,
+        eval_iters=10,
+        threads=1,  # one thread: small matmuls, and no contention on a shared CPU
+        tensorboard=False,
+        progress=False,
+    )
+
+
 @dataclass
 class Config:
-    d_model: int = 64
-    n_layers: int = 2
-    n_heads: int = 4
-    block_size: int = 64
-    batch_size: int = 16
-    max_steps: int = 600
-    warmup_steps: int = 50
-    weight_decay: float = 0.0
-    eval_interval: int = 100
-    eval_iters: int = 10
+    train: TrainConfig = field(default_factory=default_train)
     adamw_lrs: tuple[float, ...] = (3e-3, 1e-2, 3e-2)
     muon_lrs: tuple[float, ...] = (0.01, 0.03, 0.1)  # AdamW part of Muon runs: ADAMW_LR_RATIO * lr
-    threads: int = 1  # one thread: small matmuls, and no contention on a shared CPU
-    seed: int = 1337
 
 
 def run(cfg: Config, out: RunDir) -> dict:
+    tc = cfg.train
     folder, vocab = prepare_shakespeare_char()
-    data = TokenData(folder, cfg.block_size)
-    base = shakespeare_char.Config(
-        d_model=cfg.d_model,
-        n_layers=cfg.n_layers,
-        n_heads=cfg.n_heads,
-        block_size=cfg.block_size,
-        batch_size=cfg.batch_size,
-        max_steps=cfg.max_steps,
-        warmup_steps=cfg.warmup_steps,
-        weight_decay=cfg.weight_decay,
-        eval_interval=cfg.eval_interval,
-        eval_iters=cfg.eval_iters,
-        threads=cfg.threads,
-        seed=cfg.seed,
-    )
+    data = TokenData(folder, tc.block_size)
     runs: dict[tuple[str, float], dict] = {}
     t0 = time.perf_counter()
     for opt, lrs in (("adamw", cfg.adamw_lrs), ("muon", cfg.muon_lrs)):
         for lr in lrs:
             t = time.perf_counter()
-            rcfg = replace(base, lr=lr, min_lr=lr / 10)
+            rcfg = replace(tc, optimizer=opt, lr=lr, min_lr=lr / 10)
             _, history = shakespeare_char.train(
-                rcfg,
-                str(out.path / f"{opt}_lr{lr:g}"),
-                data,
-                vocab.vocab_size,
-                optimizer=opt,
-                progress=False,
+                rcfg, str(out.path / f"{opt}_lr{lr:g}"), data, vocab.vocab_size
             )
             evals = [r for r in history if "val_loss" in r]
             runs[(opt, lr)] = {
@@ -88,13 +78,14 @@ def run(cfg: Config, out: RunDir) -> dict:
         for (opt, lr), r in runs.items()
     )
     (lr_a, ra), (lr_m, rm) = best["adamw"], best["muon"]
+    mc = tc.model_config(vocab.vocab_size)
     verdict = "lower" if rm["val_loss"] < ra["val_loss"] else "NOT lower"
     out.write_report(f"""# muon-vs-adamw
 
-Same model ({cfg.n_layers} layers, d_model {cfg.d_model}, gpt2-tiny family), same data
-(TinyShakespeare characters, block {cfg.block_size}, batch {cfg.batch_size}), same seed, {cfg.max_steps}
-steps, warmup {cfg.warmup_steps} then cosine to lr/10. AdamW: betas (0.9, 0.95), weight decay
-{cfg.weight_decay}. Muon: Nesterov momentum 0.95, 5 bf16 Newton–Schulz steps with Keller's
+Same model ({mc.n_layers} layers, d_model {mc.d_model}, {tc.model} family), same data
+(TinyShakespeare characters, block {tc.block_size}, batch {tc.batch_size}), same seed, {tc.max_steps}
+steps, warmup {tc.warmup_steps} then {tc.schedule} to lr/10. AdamW: betas ({tc.beta1}, {tc.beta2}), weight decay
+{tc.weight_decay}. Muon: Nesterov momentum 0.95, 5 bf16 Newton–Schulz steps with Keller's
 coefficients, update scale sqrt(max(1, rows/cols)), on the blocks' matrices; embeddings, head, norms
 and biases on AdamW at {ADAMW_LR_RATIO} x the Muon lr.
 

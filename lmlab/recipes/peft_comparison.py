@@ -4,7 +4,7 @@ closed-form count of each method), accuracy, wall time and peak memory, in one t
 from __future__ import annotations
 
 import multiprocessing
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 from lmlab.config import ConfigError
 from lmlab.finetune.classify import ClassifyConfig, SequenceClassifier, train_classifier
@@ -12,6 +12,7 @@ from lmlab.finetune.data import LabeledTexts
 from lmlab.finetune.memory import PeakMemory
 from lmlab.finetune.pipeline import sms_spam_splits
 from lmlab.runs import RunDir
+from lmlab.train import TrainConfig
 
 SUMMARY = "LoRA, prompt/prefix tuning, Houlsby/Pfeiffer adapters, last block on SMS spam: params vs formula, acc, time, memory"
 
@@ -19,15 +20,21 @@ METHODS = ("last_block", "lora", "prompt", "prefix", "houlsby", "pfeiffer")
 PROMPT_INIT = "Is this SMS message spam or ham?"
 
 
+def default_train() -> TrainConfig:
+    """Classification's training defaults at batch 16, seed 123, one thread (a 2nd thread spins
+    on a shared 2-core CPU, ~3x slower); each method replaces `lr` with its own `lr_*`."""
+    return ClassifyConfig().train.replace(batch_size=16, seed=123, threads=1)
+
+
 @dataclass
 class Config:
+    train: TrainConfig = field(default_factory=default_train)  # batch_size, seed, threads, ...
     model: str = "smollm2-135m-instruct"
     data: str = "sms_spam_collection.tsv"  # in data_dir(): label<TAB>text lines
     n_layers: int = 6  # keep the first n blocks (CPU budget); 0 = all
     per_class: int = 150  # messages per class before the 70/10/20 split; 0 = all 747
     max_len: int = 48
     epochs: int = 3
-    batch_size: int = 16
     methods: str = ",".join(METHODS)
     lora_r: int = 8
     lora_targets: str = "attn.q,attn.v"
@@ -40,9 +47,7 @@ class Config:
     lr_prefix: float = 1e-2
     lr_adapter: float = 2e-3
     head_lr: float = 1e-3
-    threads: int = 1  # 0: torch's default; on a shared 2-core CPU a 2nd thread spins, ~3x slower
     isolate: bool = True  # one process per method: independent peak-memory numbers
-    seed: int = 123
 
 
 def linear_shape(cfg, target: str) -> tuple[int, int]:
@@ -109,7 +114,7 @@ def _attach(method: str, cfg: Config, model, tok) -> tuple[float, bool]:
         return cfg.lr_lora, False
     if method == "prompt":
         apply_prompt_tuning(
-            model, cfg.n_virtual, init="text", text=PROMPT_INIT, tokenizer=tok, seed=cfg.seed
+            model, cfg.n_virtual, init="text", text=PROMPT_INIT, tokenizer=tok, seed=cfg.train.seed
         )
         return cfg.lr_prompt, False
     if method == "prefix":
@@ -127,9 +132,9 @@ def run_method(method: str, cfg: Config, parts: list[LabeledTexts]) -> dict:
     from lmlab.peft.report import trainable_report
     from lmlab.recipes.spam_classification import load_pretrained
 
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    torch.manual_seed(cfg.seed)
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    torch.manual_seed(cfg.train.seed)
     model, tok = load_pretrained(cfg.model)
     if cfg.n_layers:
         keep_blocks(model, cfg.n_layers)
@@ -141,13 +146,11 @@ def run_method(method: str, cfg: Config, parts: list[LabeledTexts]) -> dict:
         trainable = trainable_report(clf).trainable
         want, formula = expected_params(method, cfg, model.cfg, len(parts[0].names))
         ccfg = ClassifyConfig(
-            max_len=cfg.max_len,
+            cfg.train.replace(lr=lr),
             epochs=cfg.epochs,
-            batch_size=cfg.batch_size,
-            lr=lr,
+            max_len=cfg.max_len,
             head_lr=cfg.head_lr,
             freeze=False,
-            seed=cfg.seed,
         )
         res = train_classifier(clf, tok, parts[0], parts[1], parts[2], ccfg)
     return {
@@ -173,7 +176,7 @@ def run(cfg: Config, out: RunDir) -> dict:
     bad = [m for m in methods if m not in METHODS]
     if bad or not methods:
         raise ConfigError(f"methods: {bad or methods} not known; choose from {', '.join(METHODS)}")
-    parts = sms_spam_splits(cfg.data, cfg.per_class, cfg.seed)
+    parts = sms_spam_splits(cfg.data, cfg.per_class, cfg.train.seed)
     rows = []
     for method in methods:
         print(f"peft-comparison: {method}")
@@ -218,7 +221,7 @@ def _report(cfg: Config, rows: list[dict], parts: list[LabeledTexts]) -> str:
     return f"""# PEFT comparison
 
 Task: SMS spam vs ham, balanced, {len(parts[0])} / {len(parts[1])} / {len(parts[2])} train / val / test
-messages; backbone: {depth} {cfg.model}; head on the last token; {cfg.epochs} epochs, batch {cfg.batch_size}.
+messages; backbone: {depth} {cfg.model}; head on the last token; {cfg.epochs} epochs, batch {cfg.train.batch_size}.
 Every method also trains the 2-class head.
 
 {table(rows)}

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 from lmlab.data.shakespeare import shakespeare_text
 from lmlab.data.text import prepare_text
@@ -12,27 +12,35 @@ from lmlab.paths import data_dir
 from lmlab.recipes import shakespeare_char
 from lmlab.runs import RunDir
 from lmlab.tokenizers import CharTokenizer
+from lmlab.train import TrainConfig
 from lmlab.train.plots import plot_runs
 
 SUMMARY = "pretrain on a local SMS corpus, finetune on Shakespeare: beats from-scratch at the same finetune budget"
 
 
+def default_train() -> TrainConfig:
+    """The pretraining settings; finetuning and the from-scratch baseline reuse them."""
+    return TrainConfig(
+        model="gpt2-tiny",
+        model_overrides=dict(d_model=128, n_layers=4, n_heads=4),
+        block_size=64,
+        batch_size=32,
+        max_steps=600,
+        lr=3e-3,
+        min_lr=3e-4,
+        warmup_steps=60,
+        eval_interval=50,
+        eval_iters=10,
+        tensorboard=False,
+    )
+
+
 @dataclass
 class Config:
+    train: TrainConfig = field(default_factory=default_train)  # the SMS pretraining
     pretrain_corpus: str = "sms_spam_collection.tsv"  # in data_dir(): label<TAB>text lines
-    d_model: int = 128
-    n_layers: int = 4
-    n_heads: int = 4
-    block_size: int = 64
-    batch_size: int = 32
-    pretrain_steps: int = 600
-    finetune_steps: int = 300
-    lr: float = 3e-3
-    finetune_lr: float = 1e-3
-    eval_interval: int = 50
-    eval_iters: int = 10
-    threads: int = 0
-    seed: int = 1337
+    finetune_max_steps: int = 300  # both Shakespeare runs (finetune and from scratch)
+    finetune_lr: float = 1e-3  # the finetune (from scratch uses train.lr); min_lr is lr / 10
 
 
 def _sms_text(name: str) -> str:
@@ -51,38 +59,21 @@ def run(cfg: Config, out: RunDir) -> dict:
     vocab = CharTokenizer(sorted(set(sms) | set(shakes)))  # one vocabulary covers both corpora
     sms_dir = prepare_text(sms, vocab, out.path / "data_sms", 0.05, tokenizer_name="char")
     sh_dir = prepare_text(shakes, vocab, out.path / "data_shakespeare", 0.1, tokenizer_name="char")
-    sms_data, sh_data = TokenData(sms_dir, cfg.block_size), TokenData(sh_dir, cfg.block_size)
-
-    def base(steps: int, lr: float) -> shakespeare_char.Config:
-        return shakespeare_char.Config(
-            d_model=cfg.d_model,
-            n_layers=cfg.n_layers,
-            n_heads=cfg.n_heads,
-            block_size=cfg.block_size,
-            batch_size=cfg.batch_size,
-            lr=lr,
-            min_lr=lr / 10,
-            warmup_steps=min(100, steps // 10),
-            max_steps=steps,
-            eval_interval=cfg.eval_interval,
-            eval_iters=cfg.eval_iters,
-            threads=cfg.threads,
-            seed=cfg.seed,
-        )
+    tc = cfg.train
+    sms_data, sh_data = TokenData(sms_dir, tc.block_size), TokenData(sh_dir, tc.block_size)
+    steps = cfg.finetune_max_steps
+    shakes_cfg = replace(tc, max_steps=steps, warmup_steps=min(tc.warmup_steps, steps // 10))
+    fine_cfg = replace(shakes_cfg, lr=cfg.finetune_lr, min_lr=cfg.finetune_lr / 10)
 
     t0 = time.perf_counter()
     pre, pre_hist = shakespeare_char.train(
-        base(cfg.pretrain_steps, cfg.lr), str(out.path / "pretrain"), sms_data, vocab.vocab_size
+        tc, str(out.path / "pretrain"), sms_data, vocab.vocab_size
     )
     _, fine_hist = shakespeare_char.train(
-        base(cfg.finetune_steps, cfg.finetune_lr),
-        str(out.path / "finetune"),
-        sh_data,
-        vocab.vocab_size,
-        init=pre.state_dict(),
+        fine_cfg, str(out.path / "finetune"), sh_data, vocab.vocab_size, init=pre.state_dict()
     )
     _, scratch_hist = shakespeare_char.train(
-        base(cfg.finetune_steps, cfg.lr), str(out.path / "scratch"), sh_data, vocab.vocab_size
+        shakes_cfg, str(out.path / "scratch"), sh_data, vocab.vocab_size
     )
     seconds = time.perf_counter() - t0
     plot_runs(
@@ -91,7 +82,7 @@ def run(cfg: Config, out: RunDir) -> dict:
             "Shakespeare from scratch": scratch_hist,
         },
         out.file("val_loss.png"),
-        title=f"Shakespeare val loss, {cfg.finetune_steps} steps",
+        title=f"Shakespeare val loss, {cfg.finetune_max_steps} steps",
     )
     ft = [r for r in fine_hist if "val_loss" in r]
     sc = [r for r in scratch_hist if "val_loss" in r]
@@ -102,19 +93,19 @@ def run(cfg: Config, out: RunDir) -> dict:
     )
     verdict = "below" if ft[-1]["val_loss"] < sc[-1]["val_loss"] else "NOT below"
     print(
-        f"Shakespeare val loss after {cfg.finetune_steps} steps: finetuned {ft[-1]['val_loss']:.4f}, "
+        f"Shakespeare val loss after {cfg.finetune_max_steps} steps: finetuned {ft[-1]['val_loss']:.4f}, "
         f"from scratch {sc[-1]['val_loss']:.4f} ({verdict})"
     )
     out.write_report(f"""# pretrain-then-finetune
 
 Pretraining corpus: the {len(sms):,} characters of SMS message text in `{cfg.pretrain_corpus}` (labels
 dropped), a local corpus of short informal English unlike Shakespeare's verse. One character vocabulary
-({vocab.vocab_size} symbols) covers both corpora. Model: {cfg.n_layers} layers, d_model {cfg.d_model},
-block {cfg.block_size}, batch {cfg.batch_size}.
+({vocab.vocab_size} symbols) covers both corpora. Model: {pre.cfg.n_layers} layers, d_model {pre.cfg.d_model},
+block {tc.block_size}, batch {tc.batch_size}.
 
-1. pretrain on SMS for {cfg.pretrain_steps} steps (lr {cfg.lr}); SMS val loss {pre_val:.4f}
-2. finetune that model on Shakespeare for {cfg.finetune_steps} steps (lr {cfg.finetune_lr}, fresh optimizer)
-3. train the same model from scratch on Shakespeare for the same {cfg.finetune_steps} steps (lr {cfg.lr})
+1. pretrain on SMS for {tc.max_steps} steps (lr {tc.lr}); SMS val loss {pre_val:.4f}
+2. finetune that model on Shakespeare for {cfg.finetune_max_steps} steps (lr {cfg.finetune_lr}, fresh optimizer)
+3. train the same model from scratch on Shakespeare for the same {cfg.finetune_max_steps} steps (lr {tc.lr})
 
 The finetuned model's Shakespeare val loss is **{verdict}** the from-scratch model's at the same budget:
 {ft[-1]["val_loss"]:.4f} vs {sc[-1]["val_loss"]:.4f}.

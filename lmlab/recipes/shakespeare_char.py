@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 import torch
 
@@ -19,68 +19,53 @@ from lmlab.train.sample import sample
 SUMMARY = "character-level GPT on TinyShakespeare: val loss <= 1.70 on a laptop CPU, then a sample"
 
 
+def default_train() -> TrainConfig:
+    """The char GPT's training settings: 4 layers, d_model 128, AdamW 3e-3 cosine, 1,200 steps."""
+    return TrainConfig(
+        model="gpt2-tiny",
+        model_overrides=dict(d_model=128, n_layers=4, n_heads=4),
+        data="shakespeare-char",
+        block_size=128,
+        batch_size=32,
+        lr=3e-3,
+        min_lr=3e-4,
+        warmup_steps=100,
+        max_steps=1200,
+        eval_interval=200,
+        eval_iters=10,
+        tensorboard=False,
+    )
+
+
 @dataclass
 class Config:
-    d_model: int = 128
-    n_layers: int = 4
-    n_heads: int = 4
-    block_size: int = 128
-    batch_size: int = 32
-    lr: float = 3e-3
-    min_lr: float = 3e-4
-    warmup_steps: int = 100
-    max_steps: int = 1200
-    weight_decay: float = 0.1
-    eval_interval: int = 200
-    eval_iters: int = 10
+    train: TrainConfig = field(default_factory=default_train)
     target: float = 0.0  # > 0: stop once val loss is at or below this
-    dtype: str = "float32"
-    compile: bool = False
-    threads: int = 0
     sample_chars: int = 500
-    seed: int = 1337
 
 
 def train(
-    cfg: Config, out_dir: str, data: TokenData, vocab_size: int, init: dict | None = None, **extra
+    tcfg: TrainConfig,
+    out_dir: str,
+    data: TokenData,
+    vocab_size: int,
+    init: dict | None = None,
+    target: float = 0.0,
 ) -> tuple[Transformer, list[dict]]:
-    """Build and train the char GPT of `cfg`, optionally from `init` weights (ablations and finetuning
-    reuse this); `extra` overrides TrainConfig fields, `model_overrides` adds model fields."""
-    tcfg = TrainConfig(
-        model="gpt2-tiny",
-        model_overrides=dict(
-            d_model=cfg.d_model,
-            n_layers=cfg.n_layers,
-            n_heads=cfg.n_heads,
-            **extra.pop("model_overrides", {}),
-        ),
-        block_size=cfg.block_size,
-        batch_size=cfg.batch_size,
-        lr=cfg.lr,
-        min_lr=cfg.min_lr,
-        warmup_steps=cfg.warmup_steps,
-        max_steps=cfg.max_steps,
-        weight_decay=cfg.weight_decay,
-        eval_interval=cfg.eval_interval,
-        eval_iters=cfg.eval_iters,
-        dtype=cfg.dtype,
-        compile=cfg.compile,
-        threads=cfg.threads,
-        seed=cfg.seed,
-        out_dir=out_dir,
-        tensorboard=False,
-        **extra,
-    )
-    stop = [(lambda tr, rec: rec["val_loss"] <= cfg.target)] if cfg.target > 0 else []
-    res = run_training(tcfg, stop, init=init, source=Source(data, vocab_size, cfg.block_size))
+    """Train the char GPT of `tcfg` on `data` into `out_dir`, optionally from `init` weights
+    (ablations and finetuning reuse this), stopping early once val loss <= `target` (if > 0)."""
+    tcfg = replace(tcfg, out_dir=out_dir)
+    stop = [(lambda tr, rec: rec["val_loss"] <= target)] if target > 0 else []
+    res = run_training(tcfg, stop, init=init, source=Source(data, vocab_size, tcfg.block_size))
     return res.model, res.history
 
 
 def run(cfg: Config, out: RunDir) -> dict:
     folder, vocab = prepare_shakespeare_char()
-    data = TokenData(folder, cfg.block_size)
+    tc = cfg.train
+    data = TokenData(folder, tc.block_size)
     t0 = time.perf_counter()
-    model, history = train(cfg, str(out.path / "train"), data, vocab.vocab_size)
+    model, history = train(tc, str(out.path / "train"), data, vocab.vocab_size, target=cfg.target)
     seconds = time.perf_counter() - t0
     evals = [r for r in history if "val_loss" in r]
     best = min(r["val_loss"] for r in evals)
@@ -98,8 +83,9 @@ def run(cfg: Config, out: RunDir) -> dict:
     n_params = sum(p.numel() for p in model.parameters())
     out.write_report(f"""# shakespeare-char
 
-Character-level GPT ({cfg.n_layers} layers, d_model {cfg.d_model}, {n_params:,} parameters) on TinyShakespeare
-(90/10 train/val split, 65 symbols), block {cfg.block_size}, batch {cfg.batch_size}, AdamW lr {cfg.lr} cosine.
+Character-level GPT ({model.cfg.n_layers} layers, d_model {model.cfg.d_model}, {n_params:,} parameters) on
+TinyShakespeare (90/10 train/val split, 65 symbols), block {tc.block_size}, batch {tc.batch_size},
+{tc.optimizer} lr {tc.lr} {tc.schedule}.
 
 | metric | value |
 |---|---|

@@ -26,8 +26,8 @@ SUMMARY = (
 
 @dataclass
 class Config:
-    steps: int = 4000
-    batch: int = 512
+    max_steps: int = 4000
+    batch_size: int = 512
     lr: float = 1e-2
     restarts: int = 3
     seed: int = 0
@@ -36,15 +36,15 @@ class Config:
     geometry_m: int = 20
     geometry_instances: int = 12
     geometry_density: tuple[float, float] = (0.8, 0.12)  # where the 1/2, 2/5, ... structures live
-    geometry_steps: int = 4000
-    geometry_batch: int = 256
+    geometry_max_steps: int = 4000
+    geometry_batch_size: int = 256
     phase_grid: int = 9  # n=2, m=1: grid x grid of relative importance x density
 
 
 def run(cfg: Config, out: RunDir) -> dict:
     """Train the four families of toy models and write plots, metrics and report.md."""
     train_kw = dict(
-        steps=cfg.steps, batch=cfg.batch, lr=cfg.lr, restarts=cfg.restarts, seed=cfg.seed
+        steps=cfg.max_steps, batch=cfg.batch_size, lr=cfg.lr, restarts=cfg.restarts, seed=cfg.seed
     )
     dens = torch.logspace(0, -2, cfg.small_densities)
     titles = [f"1-S = {d:.3g}" for d in dens.tolist()]
@@ -105,8 +105,8 @@ def run(cfg: Config, out: RunDir) -> dict:
         torch.ones(cfg.geometry_n),
         gd,
         restarts=1,
-        steps=cfg.geometry_steps,
-        batch=cfg.geometry_batch,
+        steps=cfg.geometry_max_steps,
+        batch=cfg.geometry_batch_size,
         lr=cfg.lr,
         seed=cfg.seed,
     )

@@ -11,47 +11,52 @@ that ablating the named components breaks detection.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
 from lmlab.config import Config as ModelConfig
 from lmlab.data.tasks.trigram import TrigramTask
 from lmlab.interp import ablation, heads, viz
+from lmlab.interp.activation_cache import run_with_cache
 from lmlab.interp.circuit_plots import plot_bars, plot_curves, plot_line
-from lmlab.interp.toy_train import lm_loss, train
+from lmlab.interp.toy_train import lm_loss
 from lmlab.model import Transformer
+from lmlab.recipes._toy import fit, toy_train_config
 from lmlab.runs import RunDir
+from lmlab.train import TrainConfig
 
 SUMMARY = (
     "1-layer transformer on a sparse trigram language: previous-token head + MLP neurons, ablated"
 )
 
 
+def default_train() -> TrainConfig:
+    """AdamW 3e-3, 50 warmup steps then cosine to 0, weight decay 0.01, 800 steps of 32 x 64 tokens."""
+    return toy_train_config(
+        max_steps=800, batch_size=32, block_size=64, lr=3e-3, warmup_steps=50, weight_decay=0.01,
+        eval_interval=100, seed=1,
+    )  # fmt: skip
+
+
 @dataclass
 class Config:
+    train: TrainConfig = field(default_factory=default_train)  # seed: the training batches'
     vocab_size: int = 32
-    block_size: int = 64
     branching: int = 3  # allowed next tokens per context (a, b)
     task_seed: int = 0  # which random trigram table
     d_model: int = 64
     n_heads: int = 2
     d_ff: int = 256
-    steps: int = 800
-    batch: int = 32
-    lr: float = 3e-3
-    warmup: int = 50
-    eval_every: int = 100
     eval_seqs: int = 256
     neuron_sweep_seqs: int = 64  # held-out sequences used to rank the neurons
     threshold: float = 0.6  # "detection is broken" below this accuracy
-    seed: int = 0
-    threads: int = 1
+    init_seed: int = 0  # the model's initialization (and the neuron sweep's sequences)
 
 
 def build_model(cfg: Config) -> Transformer:
     """One layer: attention (to fetch the previous token) and a GELU MLP (to look up the pair)."""
-    torch.manual_seed(cfg.seed)
+    torch.manual_seed(cfg.init_seed)
     return Transformer(
         ModelConfig(
             name="trigram-1l",
@@ -60,7 +65,7 @@ def build_model(cfg: Config) -> Transformer:
             n_layers=1,
             n_heads=cfg.n_heads,
             d_ff=cfg.d_ff,
-            max_seq_len=cfg.block_size,
+            max_seq_len=cfg.train.block_size,
             positions="learned",
             mlp="gelu",
             tie_embeddings=False,
@@ -80,9 +85,10 @@ def detection(logits: torch.Tensor, x: torch.Tensor, probs: torch.Tensor) -> dic
 
 def run(cfg: Config, out: RunDir) -> dict:
     """Train, measure detection, name the components, ablate them; plots and report."""
-    torch.set_num_threads(cfg.threads)
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
     t0 = time.perf_counter()
-    task = TrigramTask(cfg.vocab_size, cfg.block_size, cfg.branching, cfg.task_seed)
+    task = TrigramTask(cfg.vocab_size, cfg.train.block_size, cfg.branching, cfg.task_seed)
     model = build_model(cfg)
     hx, hy = task.get_batch("val", cfg.eval_seqs, torch.Generator().manual_seed(10**6))
 
@@ -95,24 +101,12 @@ def run(cfg: Config, out: RunDir) -> dict:
         }
 
     def batch(g: torch.Generator):
-        x, y = task.get_batch("train", cfg.batch, g)
+        x, y = task.get_batch("train", cfg.train.batch_size, g)
         y = y.clone()
         y[:, 0] = -100  # position 0 has no full context
         return x, y
 
-    hist = train(
-        model,
-        batch,
-        steps=cfg.steps,
-        lr=cfg.lr,
-        warmup=cfg.warmup,
-        decay=True,
-        weight_decay=0.01,
-        seed=cfg.seed + 1,
-        eval_every=cfg.eval_every,
-        evaluate=evaluate,
-        desc="trigram",
-    )
+    hist = fit(model, batch, cfg.train, evaluate, "trigram")
     train_s = time.perf_counter() - t0
     final = hist[-1]
 
@@ -123,7 +117,7 @@ def run(cfg: Config, out: RunDir) -> dict:
         ]
 
     # heads: previous-token detector + mean ablation of each head
-    scores = heads.all_head_scores(model, n=cfg.block_size // 2 - 1, batch=16)
+    scores = heads.all_head_scores(model, n=cfg.train.block_size // 2 - 1, batch=16)
     prev = scores["previous_token"][0]
     head_rows = [
         {
@@ -153,7 +147,7 @@ def run(cfg: Config, out: RunDir) -> dict:
         ]
     )
     order = effect.argsort(descending=True).tolist()
-    g = torch.Generator().manual_seed(cfg.seed + 7)
+    g = torch.Generator().manual_seed(cfg.init_seed + 7)
     shuffled = torch.randperm(cfg.d_ff, generator=g).tolist()
     ks = sorted(
         {k for k in (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, cfg.d_ff) if k <= cfg.d_ff}
@@ -204,7 +198,7 @@ def run(cfg: Config, out: RunDir) -> dict:
         scores["previous_token"], out.file("previous_token_scores.png"), "previous-token score"
     )
     with torch.no_grad():
-        _, cache = model.run_with_cache(hx[:1, :20], names_filter="blocks.0.attn.hook_pattern")
+        _, cache = run_with_cache(model, hx[:1, :20], names_filter="blocks.0.attn.hook_pattern")
     viz.plot_pattern(
         cache["pattern", 0][0, int(prev_head.split("H")[1])],
         [str(int(t)) for t in hx[0, :20]],
@@ -230,7 +224,7 @@ def run(cfg: Config, out: RunDir) -> dict:
         "neurons_to_break": k_break,
         "top_neurons": top_neurons,
         "train_seconds": train_s,
-        "threads": cfg.threads,
+        "threads": cfg.train.threads,
     }
     metrics["total_seconds"] = time.perf_counter() - t0
     out.write_report(_report(cfg, metrics))
@@ -245,7 +239,7 @@ def _describe_neurons(
     a, b = torch.meshgrid(torch.arange(V), torch.arange(V), indexing="ij")
     x = torch.stack([a.reshape(-1), b.reshape(-1)], 1)  # every context as a 2-token sequence
     with torch.no_grad():
-        _, cache = model.run_with_cache(x, names_filter="blocks.0.mlp.hook_post")
+        _, cache = run_with_cache(model, x, names_filter="blocks.0.mlp.hook_post")
         act = cache["blocks.0.mlp.hook_post"][:, 1]  # [V*V, d_ff] at the position of b
         w_out = model.blocks[0].mlp.down.weight.T  # [d_ff, d_model]
         ln = model.ln_final
@@ -276,8 +270,8 @@ def _report(cfg: Config, m: dict) -> str:
         f"Language: vocabulary {cfg.vocab_size}, each context (a, b) allows {cfg.branching} next "
         f"tokens (random table, seed {cfg.task_seed}); entropy floor {m['entropy_floor']:.3f} nats. "
         f"Model: 1 layer, {cfg.n_heads} heads, d_model={cfg.d_model}, GELU MLP with {cfg.d_ff} "
-        f"neurons, learned positions. {cfg.steps} AdamW steps, batch {cfg.batch} x "
-        f"{cfg.block_size} tokens.",
+        f"neurons, learned positions. {cfg.train.max_steps} AdamW steps, batch "
+        f"{cfg.train.batch_size} x {cfg.train.block_size} tokens.",
         "",
         "## Detection",
         "",
@@ -358,6 +352,6 @@ def _report(cfg: Config, m: dict) -> str:
     lines += [
         "",
         f"Wall clock: {m['train_seconds']:.0f} s training, {m['total_seconds']:.0f} s in all, "
-        f"{cfg.threads} torch thread(s).",
+        f"{cfg.train.threads} torch thread(s).",
     ]
     return "\n".join(lines)

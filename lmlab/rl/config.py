@@ -1,16 +1,40 @@
-"""GRPOConfig: every knob of a GRPO run (names follow TRL's GRPOConfig where one exists)."""
+"""GRPOConfig: the knobs of a GRPO run (names follow TRL's GRPOConfig where one exists); the
+optimizer, schedule, steps, checkpoints and run folder are the shared `train: TrainConfig`."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from typing import Any
 
 from lmlab.config import ConfigError
 from lmlab.rl.grpo import LOSS_TYPES, SCALES
+from lmlab.train.config import TrainConfig
+
+# GRPO's training defaults: constant lr after an optional warmup, no weight decay, torch's Adam
+# betas, clip at 1, a record per step, checkpoints only at the end. Of TrainConfig's fields GRPO
+# does not use model/model_overrides (see GRPOConfig.model), data, data_options, block_size,
+# batch_size (see prompts_per_step), grad_accum (see micro_batch_size) and the eval_* ones.
+GRPO_TRAIN = {
+    "lr": 1e-5, "min_lr": 0.0, "schedule": "constant", "warmup_steps": 0, "weight_decay": 0.0,
+    "beta2": 0.999, "grad_clip": 1.0, "max_steps": 50, "log_interval": 1, "eval_interval": 0,
+    "checkpoint_interval": 0, "out_dir": "runs/rl/grpo", "tensorboard": False, "seed": 0,
+}  # fmt: skip
+# GRPO settings a resume may change: they only say how much to evaluate, when to stop or how to
+# run the rollouts (compiled rollouts sample the same tokens up to float rounding)
+RESUME_FREE = frozenset(
+    {"eval_size", "eval_batch_size", "eval_max_new_tokens", "max_minutes", "compile"}
+)
+
+
+def grpo_train_config(**overrides: Any) -> TrainConfig:
+    """A `TrainConfig` with GRPO's defaults (`GRPO_TRAIN`) and `overrides` on top."""
+    return TrainConfig(**{**GRPO_TRAIN, **overrides})
 
 
 @dataclass
 class GRPOConfig:
-    """A GRPO run; defaults are small enough for a CPU."""
+    """A GRPO run; defaults are small enough for a CPU. `train` holds lr, max_steps, warmup,
+    grad_clip, dtype, threads, seed, checkpoint_interval, out_dir (`--train.lr=3e-5`)."""
 
     model: str = "smollm2-135m-instruct"  # what `lmlab.load` accepts (the CLI loads it)
     task: str = "arithmetic"  # arithmetic | countdown | jsonl:PATH
@@ -25,7 +49,6 @@ class GRPOConfig:
     top_p: float | None = None
     top_k: int | None = None
     compile: bool = False  # decode rollouts through torch.compile (static KV cache)
-    dtype: str = "float32"  # "bfloat16": rollouts and training forwards under bf16 autocast
     beta: float = 0.0  # k3 KL weight; 0 keeps no reference model
     epsilon: float = 0.2
     epsilon_high: float | None = None  # None: = epsilon (DAPO uses 0.28)
@@ -34,11 +57,6 @@ class GRPOConfig:
     scale_rewards: str = "group"
     mask_truncated_completions: bool = False
     reward_weights: list[float] | None = None
-    lr: float = 1e-5
-    weight_decay: float = 0.0
-    max_grad_norm: float = 1.0
-    warmup_steps: int = 0
-    max_steps: int = 50
     max_minutes: float = 0.0  # > 0: also stop training once this much wall time has passed
     trainable: str = "all"  # all | last:N (only the last N blocks + final norm train)
     lora_rank: int = 0  # > 0: LoRA adapters (needs lmlab.peft)
@@ -46,10 +64,7 @@ class GRPOConfig:
     eval_size: int = 200
     eval_batch_size: int = 50
     eval_max_new_tokens: int | None = None  # None: max_new_tokens
-    save_every: int = 0  # steps between checkpoints (0: only at the end)
-    out_dir: str = "runs/rl/grpo"
-    threads: int = 0  # torch threads (0: leave as is)
-    seed: int = 0
+    train: TrainConfig = field(default_factory=grpo_train_config)
 
     def validate(self) -> None:
         """Raise ConfigError naming the bad value and the fix."""
@@ -70,7 +85,24 @@ class GRPOConfig:
                 f"beta={self.beta}, epsilon={self.epsilon} must be >= 0 and temperature="
                 f"{self.temperature} > 0 (GRPO samples; use temperature 1.0)"
             )
-        if self.dtype not in ("float32", "bfloat16"):
-            raise ConfigError(f"dtype={self.dtype!r}: use 'float32' or 'bfloat16' (autocast)")
         if not (self.trainable == "all" or self.trainable.startswith("last:")):
             raise ConfigError(f"trainable={self.trainable!r}: use 'all' or 'last:N'")
+        if not isinstance(self.train, TrainConfig):
+            raise ConfigError(
+                f"train={self.train!r} must be a TrainConfig; build it with "
+                "lmlab.rl.config.grpo_train_config(lr=..., max_steps=...) (GRPO's defaults)"
+            )
+        self.train.validate()
+
+    def settings(self) -> dict[str, Any]:
+        """The GRPO settings (without `train`) as plain values, as checkpoints record them."""
+        return {k: v for k, v in asdict(self).items() if k != "train"}
+
+    def resume_changes(self, saved: dict[str, Any]) -> list[tuple[str, Any, Any]]:
+        """(setting, checkpoint value, this value) for each GRPO setting a resume must refuse."""
+        now = self.settings()
+        return [
+            (k, saved[k], now[k])
+            for k in now
+            if k in saved and k not in RESUME_FREE and saved[k] != now[k]
+        ]

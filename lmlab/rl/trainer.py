@@ -1,9 +1,11 @@
-"""GRPOTrainer: rollouts -> rewards -> group advantages -> mu clipped-surrogate passes, with resume."""
+"""GRPOTrainer: rollouts -> rewards -> group advantages -> mu clipped-surrogate passes, as the step
+of the one training core (`lmlab.train.trainer.Trainer`), which owns the optimizer, the schedule,
+checkpoints with exact resume (incl. the rollout RNG), metrics, progress and the run folder."""
 
 from __future__ import annotations
 
 import copy
-import json
+import dataclasses
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -12,6 +14,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from lmlab import checkpoints as ckpt
 from lmlab.config import ConfigError
 from lmlab.errors import CheckpointError, DataError, InputError, MissingFileError, OverwriteError
 from lmlab.generate.generate import check_context
@@ -27,12 +30,9 @@ from lmlab.rl.grpo import (
 from lmlab.rl.rewards import RewardFn, combine_rewards, reward_name
 from lmlab.rl.rollout import Rollout, rollout
 from lmlab.rl.tasks.base import RLTask
-from lmlab.runs import atomic_write
-from lmlab.train import checkpoint as ckpt
-from lmlab.train.optimizers import can_fuse
+from lmlab.train.trainer import Trainer
 
-PREFIX = "grpo_ckpt"  # grpo_ckpt_NNNNNN.pt with sha256s in grpo_checkpoints.json
-KEEP = 2  # newest GRPO checkpoints kept
+PREFIX = ckpt.PREFIX  # GRPO runs keep the core's checkpoints: ckpt_NNNNNN.pt, checkpoints.json
 METRICS = "metrics.jsonl"
 
 
@@ -57,8 +57,6 @@ class GRPOTrainer:
         self.reward_weights = cfg.reward_weights or (
             task.reward_weights if reward_funcs is None else None
         )
-        if cfg.threads:
-            torch.set_num_threads(cfg.threads)
         self.lora = False
         if cfg.lora_rank > 0:
             from lmlab.peft import apply_lora
@@ -68,28 +66,23 @@ class GRPOTrainer:
             self.lora = True
         elif cfg.trainable != "all":
             self._freeze_below(int(cfg.trainable.split(":")[1]))
-        self.params = [p for p in model.parameters() if p.requires_grad]
-        if not self.params:
+        if not any(p.requires_grad for p in model.parameters()):
             raise ConfigError(
                 f"no trainable parameters with trainable={cfg.trainable!r}, lora_rank={cfg.lora_rank}; "
                 "use trainable=all, last:N or lora_rank > 0"
             )
+        # the core: AdamW over the trainable parameters, the schedule, checkpoints, metrics; a
+        # wall-time limit is a callback at each step (GRPO has no evaluation of its own there)
+        tcfg = cfg.train
+        if cfg.max_minutes:
+            tcfg = dataclasses.replace(tcfg, eval_interval=1)
+        self.core = Trainer(model, tcfg, _GRPOStep(self), [self._out_of_time])  # on its device
         # beta = 0 keeps no reference; with LoRA the reference is the model with adapters off
         self.ref = None
         if cfg.beta > 0 and not self.lora:
             self.ref = copy.deepcopy(model).eval().requires_grad_(False)
-        self.opt = torch.optim.AdamW(
-            self.params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=can_fuse(self.params)
-        )
-        device = next(model.parameters()).device.type
-        # float32 master weights; bf16 matmuls in rollouts and forwards (AMX / tensor cores)
-        self.autocast = torch.autocast(device, torch.bfloat16, enabled=cfg.dtype == "bfloat16")
-        warm = max(cfg.warmup_steps, 1)
-        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda s: min(1.0, (s + 1) / warm))
-        self.sampler = torch.Generator().manual_seed(cfg.seed)  # which prompts
-        self.sample_gen = torch.Generator().manual_seed(cfg.seed + 1)  # which tokens
-        self.step_no = 0
-        self.history: list[dict[str, Any]] = []
+        self.autocast = self.core.autocast  # float32 master weights, bf16 matmuls when asked
+        self.sample_gen = torch.Generator().manual_seed(tcfg.seed + 1)  # which tokens
         self.stop_ids = sorted(
             {
                 i
@@ -97,9 +90,23 @@ class GRPOTrainer:
                 if i is not None
             }
         )
-        self.out = Path(cfg.out_dir)
-        self._resumed = False  # load() was called: out_dir may hold this run's files
-        self._owns_out = False  # out_dir was checked (and metrics trimmed) before a first write
+        self.out = Path(tcfg.out_dir)
+        self._t0 = time.perf_counter()
+        self._claimed = False  # out_dir was checked, or this trainer resumed the run there
+
+    @property
+    def step_no(self) -> int:
+        """Optimizer steps taken (restored by `load`)."""
+        return self.core.step
+
+    @property
+    def history(self) -> list[dict[str, Any]]:
+        """The metric records of every step so far (one per step with log_interval = 1)."""
+        return self.core.history
+
+    @property
+    def opt(self) -> torch.optim.Optimizer:
+        return self.core.optimizer
 
     # ---------------------------------------------------------------- prompts
     def _freeze_below(self, n: int) -> None:
@@ -147,13 +154,15 @@ class GRPOTrainer:
 
     # ---------------------------------------------------------------- one step
     def sample_rows(self) -> list[dict[str, Any]]:
+        """This step's prompts, drawn from the core's batch generator (checkpointed)."""
         idx = torch.randint(
-            len(self.task.train), (self.cfg.prompts_per_step,), generator=self.sampler
+            len(self.task.train), (self.cfg.prompts_per_step,), generator=self.core.generator
         )
         return [self.task.train[i] for i in idx.tolist()]
 
-    def step(self) -> dict[str, Any]:
-        """One GRPO step: sample, score, then `num_iterations` optimizer passes; returns metrics."""
+    def train_step(self) -> dict[str, Any]:
+        """Sample, score, then `num_iterations` optimizer passes: the metrics of one core step
+        (with "loss", and "tokens" for the core's tokens/s)."""
         cfg, G = self.cfg, self.cfg.num_generations
         t0 = time.perf_counter()
         rows = self.sample_rows()
@@ -174,8 +183,8 @@ class GRPOTrainer:
         with self.autocast:
             stats = self.optimize(ro, adv.values)
         n_tok = int(ro.lengths.sum())
-        rec = {
-            "step": self.step_no + 1,
+        return {
+            "loss": stats.pop("loss"),
             "reward": float(rewards.mean()),
             "reward_std": float(adv.group_std.mean()),
             **{f"reward/{k}": float(v.nanmean()) for k, v in per_fn.items()},
@@ -183,15 +192,20 @@ class GRPOTrainer:
             "completion_length": float(ro.lengths.mean()),
             "truncated": float(ro.truncated.float().mean()),
             **stats,
-            "lr": self.sched.get_last_lr()[0],
             "rollout_tokens": n_tok,
             "rollout_tok_s": n_tok / max(t_roll, 1e-9),
-            "seconds": time.perf_counter() - t0,
-            "sample": texts[0][:200],
+            "tokens": n_tok,
         }
-        self.sched.step()
-        self.step_no += 1
-        self.history.append(rec)
+
+    def step(self) -> dict[str, Any]:
+        """One GRPO step outside `fit` (nothing written to out_dir); returns its record."""
+        core = self.core
+        lr = core.schedule.set(core.step)
+        out = self.train_step()
+        out.pop("tokens")
+        core.step += 1
+        rec = {"step": core.step, "loss": out.pop("loss"), "lr": lr, **out}
+        core.history.append(rec)
         return rec
 
     def optimize(self, ro: Rollout, advantages: torch.Tensor) -> dict[str, float]:
@@ -200,10 +214,9 @@ class GRPOTrainer:
         N, L = ro.completion_mask.shape
         total_tokens = int(ro.completion_mask.sum())
         ref_logps = self._ref_logps(ro) if cfg.beta > 0 else None
-        losses, kls, clips, ents = [], [], [], []
+        losses, kls, clips, ents, norms = [], [], [], [], []
         self.model.train()
         for _ in range(cfg.num_iterations):
-            self.opt.zero_grad(set_to_none=True)
             loss_sum = 0.0
             for s in range(0, N, cfg.micro_batch_size):
                 sl = slice(s, s + cfg.micro_batch_size)
@@ -227,11 +240,14 @@ class GRPOTrainer:
                 )
                 if mask.any():
                     ents.append(float(ent[mask.bool()].mean()))
-            gnorm = torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm)
-            self.opt.step()
+            norm = self.core.optimizer_step()  # clip at train.grad_clip, AdamW step, zero grads
+            if norm is not None:
+                norms.append(float(norm))
             losses.append(loss_sum)
         out = {"loss": sum(losses) / len(losses), "clip_frac": sum(clips) / len(clips),
-               "entropy": sum(ents) / max(len(ents), 1), "grad_norm": float(gnorm)}  # fmt: skip
+               "entropy": sum(ents) / max(len(ents), 1)}  # fmt: skip
+        if norms:
+            out["grad_norm"] = norms[-1]
         if kls:
             out["kl"] = sum(kls) / len(kls)
         return out
@@ -262,25 +278,25 @@ class GRPOTrainer:
 
     # ---------------------------------------------------------------- loop, eval, state
     def fit(self, steps: int | None = None, progress: bool = True) -> list[dict[str, Any]]:
-        """Train until `steps` (default cfg.max_steps) total steps or `cfg.max_minutes` of wall time;
-        checkpoints every save_every."""
-        steps = self.cfg.max_steps if steps is None else steps
-        t0 = time.perf_counter()
+        """Train until `steps` (default train.max_steps) total steps or `max_minutes` of wall time,
+        checkpointing every train.checkpoint_interval steps and at the end; returns the history."""
         self._claim_out()
-        bar = tqdm(total=steps, initial=self.step_no, disable=not progress, desc="grpo")
-        log = self.out / METRICS
-        while self.step_no < steps:
-            rec = self.step()
-            with open(log, "a") as f:
-                f.write(json.dumps(rec) + "\n")
-            bar.update(1)
-            bar.set_postfix(reward=f"{rec['reward']:.2f}", len=f"{rec['completion_length']:.0f}")
-            if self.cfg.save_every and self.step_no % self.cfg.save_every == 0:
-                self.save()
-            if self.cfg.max_minutes and time.perf_counter() - t0 > 60 * self.cfg.max_minutes:
-                break
-        bar.close()
+        core = self.core
+        saved = core.cfg.max_steps, core.cfg.progress
+        core.cfg.max_steps = saved[0] if steps is None else steps
+        core.cfg.progress = progress
+        self._t0 = time.perf_counter()
+        try:
+            core.fit()
+        finally:
+            core.cfg.max_steps, core.cfg.progress = saved
         return self.history
+
+    def _out_of_time(self, core: Trainer, rec: dict[str, Any]) -> bool:
+        return (
+            bool(self.cfg.max_minutes)
+            and time.perf_counter() - self._t0 > 60 * self.cfg.max_minutes
+        )
 
     @torch.no_grad()
     def evaluate(
@@ -307,44 +323,31 @@ class GRPOTrainer:
         ]
         return out
 
-    def state_dict(self) -> dict[str, Any]:
-        trainable = {n for n, p in self.model.named_parameters() if p.requires_grad}
-        return {
-            "model": {k: v for k, v in self.model.state_dict().items() if k in trainable},
-            "opt": self.opt.state_dict(),
-            "sched": self.sched.state_dict(),
-            "sampler": self.sampler.get_state(),
-            "sample_gen": self.sample_gen.get_state(),
-            "rng": ckpt.rng_state(),
-            "step": self.step_no,
-            "history": json.dumps(self.history),
-        }
-
     def _claim_out(self) -> None:
-        """Before the first write to out_dir: refuse a folder holding another GRPO run (unless this
-        trainer resumed it) and drop metrics newer than the resumed step, so no step repeats."""
-        if self._owns_out:
-            return
-        if not self._resumed:
+        """Before the first write to out_dir: refuse a folder holding another run unless this
+        trainer resumed it."""
+        if not self._claimed:
             check_out_dir(self.out, resume=False)
-        self.out.mkdir(parents=True, exist_ok=True)
-        log = self.out / METRICS
-        if log.is_file():
-            keep = [r for r in _records(log) if r.get("step", 0) <= self.step_no]
-            atomic_write(log, "".join(json.dumps(r) + "\n" for r in keep))
-        self._owns_out = True
+            self._claimed = True
+
+    @property
+    def checkpoint(self) -> Path | None:
+        """The checkpoint last written or resumed from."""
+        return self.core.ckpt_path
 
     def save(self, path: str | Path | None = None) -> Path:
-        """Atomically write the trainable weights, optimizer, schedule, RNGs and step: to `path`,
-        or by default as out_dir/grpo_ckpt_<step>.pt with its sha256 (the newest 2 are kept)."""
+        """Atomically write the weights, optimizer, schedule, RNGs, step and GRPO settings: to
+        `path`, or by default as out_dir/ckpt_<step>.pt with its sha256 (train.keep_checkpoints kept)."""
         if path is not None:
-            return ckpt.save(path, self.state_dict())
+            return ckpt.save(path, self.core.state_dict())
         self._claim_out()
-        return ckpt.save_step(self.out, self.state_dict(), self.step_no, KEEP, PREFIX)
+        self.core.save_checkpoint()
+        return self.core.ckpt_path
 
     def load(self, path: str | Path | None = None) -> None:
-        """Continue exactly where `save` left off (same model, config and task); by default from
-        the newest out_dir checkpoint whose checksum matches (an older one if it is damaged)."""
+        """Continue exactly where `save` left off: same model, task and settings (a changed setting
+        is refused, as with `lmlab train --resume`); by default from the newest out_dir checkpoint
+        whose checksum matches (an older one if it is damaged)."""
         if path is not None:
             path = Path(path)
             if not path.is_file():
@@ -352,47 +355,65 @@ class GRPOTrainer:
             state = ckpt.load(path)
         else:
             check_out_dir(self.out, resume=True)
+            ckpt.clean_tmp(self.out)
             path, state = ckpt.load_latest(self.out, PREFIX)
-        missing = set(state["model"]) - set(self.model.state_dict())
-        if missing:
-            raise CheckpointError(
-                f"checkpoint {path} has weights this model lacks: {sorted(missing)[:3]}"
-            )
-        self.model.load_state_dict(state["model"], strict=False)
-        self.opt.load_state_dict(state["opt"])
-        self.sched.load_state_dict(state["sched"])
-        self.sampler.set_state(state["sampler"])
-        self.sample_gen.set_state(state["sample_gen"])
-        ckpt.set_rng_state(state["rng"])
-        self.step_no = int(state["step"])
-        self.history = json.loads(state["history"])
-        self._resumed, self._owns_out = True, False  # the next fit/save trims metrics to this step
+        check_settings(self.cfg, state.get("data", {}), path)  # before anything is loaded
+        self.core.load_checkpoint(path, state)
+        self._claimed = True
+
+
+class _GRPOStep:
+    """What GRPO supplies to the training core: its whole step and its state (rollout RNG,
+    settings); the core's generator draws the prompts."""
+
+    name = "grpo"
+
+    def __init__(self, trainer: GRPOTrainer) -> None:
+        self.trainer = trainer
+
+    def train_step(self, core: Trainer) -> dict[str, Any]:
+        return self.trainer.train_step()
+
+    def state_dict(self) -> dict[str, Any]:
+        tr = self.trainer
+        return {"sample_gen": tr.sample_gen.get_state(), "grpo": tr.cfg.settings()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        check_settings(self.trainer.cfg, state, self.trainer.out)  # also when train.resume loads
+        self.trainer.sample_gen.set_state(state["sample_gen"])
+
+
+def check_settings(cfg: GRPOConfig, state: dict[str, Any], where: str | Path) -> None:
+    """Refuse to resume from GRPO task `state` (a checkpoint's "data") when it is not a GRPO
+    run's, or when a GRPO setting differs from the checkpoint's (`CheckpointError`)."""
+    if "grpo" not in state:
+        raise CheckpointError(
+            f"{where} is not a GRPO checkpoint (it has no GRPO settings); resume it with "
+            "lmlab train --resume, or choose the out_dir of a GRPO run"
+        )
+    changed = cfg.resume_changes(state["grpo"])
+    if changed:
+        listed = ", ".join(f"{k} {old!r} -> {new!r}" for k, old, new in changed)
+        raise CheckpointError(
+            f"cannot resume from {where}: GRPO settings differ from the checkpoint's ({listed}); "
+            "resume with the checkpoint's values, or start a new run in another train.out_dir"
+        )
 
 
 def check_out_dir(out: str | Path, resume: bool) -> None:
-    """Refuse a rerun into a folder holding a GRPO run (`OverwriteError`) unless resuming, and a
-    resume from a folder without a GRPO checkpoint (`MissingFileError`)."""
+    """Refuse a rerun into a folder holding a run (`OverwriteError`) unless resuming, and a
+    resume from a folder without a checkpoint (`MissingFileError`)."""
     out = Path(out)
     if resume and not ckpt.exists(out, PREFIX):
         raise MissingFileError(
-            f"no GRPO checkpoint in {out}; check out_dir, or drop --resume to start a new run"
+            f"no GRPO checkpoint in {out}; check out_dir (--train.out_dir), or drop --resume to "
+            "start a new run"
         )
     if not resume and (ckpt.exists(out, PREFIX) or (out / METRICS).is_file()):
         raise OverwriteError(
-            f"{out} already holds a GRPO run (checkpoint or {METRICS}); continue it with --resume "
-            "(GRPOTrainer.load()), or choose another out_dir"
+            f"{out} already holds a GRPO run or another training run (checkpoint or {METRICS}); "
+            "continue it with --resume (GRPOTrainer.load()), or choose another --train.out_dir"
         )
-
-
-def _records(log: Path) -> list[dict[str, Any]]:
-    """The complete JSON lines of a metrics log (a line cut off by a kill is dropped)."""
-    out = []
-    for line in log.read_text().splitlines():
-        try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return out
 
 
 def reward_names(funcs: Sequence[RewardFn]) -> list[str]:

@@ -7,6 +7,7 @@ from typing import Any
 
 import torch
 
+from lmlab.interp.activation_cache import run_with_cache
 from lmlab.steer.steering_vector import SteeringVector, hook_for
 
 
@@ -48,8 +49,8 @@ def actadd(
             short.append(filler[0])
     name = hook_for(layer, hook)
     dev = next(model.parameters()).device
-    _, cache = model.run_with_cache(
-        torch.tensor([a, b], device=dev), names_filter=name, stop_at_layer="auto"
+    _, cache = run_with_cache(
+        model, torch.tensor([a, b], device=dev), names_filter=name, stop_at_layer="auto"
     )
     acts = cache[name].float()
     diff = coeff * (acts[0] - acts[1])  # [P, d]

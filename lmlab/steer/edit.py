@@ -15,6 +15,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from lmlab.interp.activation_cache import run_with_cache
 from lmlab.steer.steering_vector import SteeringVector, hook_for
 
 
@@ -63,7 +64,7 @@ def gradient_direction(
     name = hook_for(layer, hook)
     dev = next(model.parameters()).device
     tokens = torch.tensor([list(prompt)], device=dev)
-    logits, cache = model.run_with_cache(tokens, names_filter=name, grads=True)
+    logits, cache = run_with_cache(model, tokens, names_filter=name, grads=True)
     loss = F.cross_entropy(logits[0, -1:].float(), torch.tensor([target], device=dev))
     (grad,) = torch.autograd.grad(loss, cache[name])
     g = -grad[0, position].float()

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from lmlab.interp.activation_cache import run_with_cache
 from lmlab.steer.edit import find_subject
 
 
@@ -49,7 +50,7 @@ def key_covariance(
     dev = next(model.parameters()).device
     total, n = None, 0
     for tokens in tqdm(batches, desc="key covariance", leave=False):
-        _, cache = model.run_with_cache(tokens.to(dev), names_filter=name, stop_at_layer="auto")
+        _, cache = run_with_cache(model, tokens.to(dev), names_filter=name, stop_at_layer="auto")
         k = cache[name].reshape(-1, cache[name].shape[-1]).double()
         total = k.T @ k if total is None else total + k.T @ k
         n += k.shape[0]
@@ -125,7 +126,7 @@ def rome_edit(
     post, out_name = f"blocks.{layer}.mlp.hook_post", f"blocks.{layer}.hook_mlp_out"
     subj = torch.tensor(last, device=dev)
 
-    _, cache = model.run_with_cache(tokens, attention_mask=mask, names_filter=[post, out_name])
+    _, cache = run_with_cache(model, tokens, attention_mask=mask, names_filter=[post, out_name])
     keys = cache[post][idx, subj].float()  # [N, d_ff]
     k_star = keys.mean(0)
     v0 = cache[out_name][idx, subj].float().mean(0)

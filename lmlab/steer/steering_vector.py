@@ -42,7 +42,7 @@ def hook_for(layer: int, hook: str = "resid_pre") -> str:
     """Full hook name: `hook_for(6)` -> `blocks.6.hook_resid_pre`, `hook_for(3, "z")` -> `...attn.hook_z`."""
     if hook.startswith("blocks.") or hook.startswith("hook_"):
         return hook
-    from lmlab.hooks import act_name
+    from lmlab.interp.activation_cache import act_name
 
     return act_name(hook, layer)
 

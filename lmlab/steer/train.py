@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from lmlab.interp.activation_cache import run_with_cache
 from lmlab.steer.steering_vector import SteeringVector, hook_for
 
 Aggregator = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -96,8 +97,12 @@ def read_activations(
         for b, r in enumerate(rows):
             tokens[b, : len(r)], mask[b, : len(r)] = torch.tensor(r), 1
         dev = next(model.parameters()).device
-        _, cache = model.run_with_cache(
-            tokens.to(dev), attention_mask=mask.to(dev), names_filter=names, stop_at_layer="auto"
+        _, cache = run_with_cache(
+            model,
+            tokens.to(dev),
+            attention_mask=mask.to(dev),
+            names_filter=names,
+            stop_at_layer="auto",
         )
         lengths = mask.sum(1)
         for n in names:

@@ -25,6 +25,7 @@ from pathlib import Path
 import regex
 from tqdm.auto import tqdm
 
+from lmlab.paths import data_dir
 from lmlab.tokenizers.base import (
     Tokenizer,
     TokenizerError,
@@ -42,6 +43,8 @@ GPT4_PATTERN = (
     r"""|\s*[\r\n]|\s+(?!\S)|\s+"""
 )
 ENDOFTEXT = "<|endoftext|>"
+GPT2_EOT = 50256  # GPT-2's id of ENDOFTEXT
+GPT2_RANKS_FILE = "gpt2.tiktoken"
 FILE = "bpe.json"
 
 Pair = tuple[int, int]
@@ -286,8 +289,6 @@ class BPETokenizer(Tokenizer):
     @classmethod
     def from_tiktoken(cls, ranks_path: str | Path | None = None) -> BPETokenizer:
         """GPT-2's tokenizer rebuilt as merges from a `.tiktoken` rank file; ids equal tiktoken's."""
-        from lmlab.tokenizers.tiktoken_gpt2 import GPT2_EOT, default_ranks_path
-
         ranks = read_tiktoken_ranks(ranks_path or default_ranks_path())
         return cls(
             merges_from_ranks(ranks),
@@ -295,6 +296,11 @@ class BPETokenizer(Tokenizer):
             pattern=GPT2_PATTERN,
             special_tokens={ENDOFTEXT: GPT2_EOT},
         )
+
+
+def default_ranks_path() -> Path:
+    """`data_dir()/gpt2.tiktoken`: where GPT-2's rank file is looked for offline."""
+    return data_dir() / GPT2_RANKS_FILE
 
 
 def read_tiktoken_ranks(path: str | Path) -> dict[bytes, int]:

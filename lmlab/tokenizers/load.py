@@ -79,7 +79,7 @@ def load_tokenizer(source: str | Path | Tokenizer) -> Tokenizer:
         return _from_folder(path)
     if path.is_file():
         return _from_file(path)
-    from lmlab.weights.packaged import PACKAGED, packaged_path
+    from lmlab.packaged import PACKAGED, packaged_path
 
     if str(source) in PACKAGED:
         p = packaged_path(str(source))

@@ -6,17 +6,17 @@ import shutil
 from collections.abc import Iterable
 from pathlib import Path
 
-from lmlab.paths import data_dir
 from lmlab.tokenizers.base import Tokenizer, TokenizerError, unknown_id, write_manifest
-from lmlab.tokenizers.bpe import ENDOFTEXT, GPT2_PATTERN, read_tiktoken_ranks
+from lmlab.tokenizers.bpe import (
+    ENDOFTEXT,
+    GPT2_EOT,
+    GPT2_PATTERN,
+    GPT2_RANKS_FILE,
+    default_ranks_path,
+    read_tiktoken_ranks,
+)
 
-GPT2_EOT = 50256
-FILE = "gpt2.tiktoken"
-
-
-def default_ranks_path() -> Path:
-    """`data_dir()/gpt2.tiktoken`."""
-    return data_dir() / FILE
+FILE = GPT2_RANKS_FILE  # the rank file a saved tokenizer folder holds
 
 
 class TiktokenTokenizer(Tokenizer):

@@ -12,7 +12,9 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
+
+from lmlab.train.config import TrainConfig
+from lmlab.train.trainer import Trainer
 
 
 class ToyModel(nn.Module):
@@ -100,7 +102,8 @@ def train(
     progress: bool = True,
     threads: int | None = 1,
 ) -> TrainResult:
-    """Train all instances at once with Adam (cosine-decayed lr); returns the final losses.
+    """Train all instances at once on the training core (Adam, cosine-decayed lr); returns the
+    final losses.
 
     threads: torch CPU threads while training (restored after); these tiny matmuls run fastest
     on one thread, more only pay off for large n. None leaves the setting alone.
@@ -116,28 +119,48 @@ def train(
         torch.set_num_threads(before)
 
 
+class SuperpositionTask:
+    """Fresh sparse feature batches from the trainer's generator; the loss sums the instances'
+    losses, so one optimizer step updates every instance; every `log_every` steps the
+    per-instance losses [I] join `curve`."""
+
+    name = "superposition"
+
+    def __init__(self, model: ToyModel, log_every: int) -> None:
+        self.model, self.log_every = model, max(1, log_every)
+        self.curve: list[torch.Tensor] = []
+        self.calls = 0
+
+    def batch(self, split: str, batch_size: int, generator: torch.Generator) -> torch.Tensor:
+        return self.model.sample(batch_size, generator)
+
+    def count(self, x: torch.Tensor) -> int:
+        return 1
+
+    def loss(self, net: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        per_inst = self.model.loss(x, net(x))
+        if self.calls % self.log_every == 0:
+            self.curve.append(per_inst.detach())
+        self.calls += 1
+        return per_inst.sum()
+
+
 def _train(
     model: ToyModel, steps: int, batch: int, lr: float, seed: int, log_every: int, progress: bool
 ) -> TrainResult:
-    g = torch.Generator().manual_seed(seed)
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: 0.5 * (1 + math.cos(math.pi * s / steps))
-    )
-    curve = []
-    for step in tqdm(range(steps), desc="superposition", disable=not progress, mininterval=1.0):
-        x = model.sample(batch, g)
-        per_inst = model.loss(x, model(x))
-        opt.zero_grad(set_to_none=True)
-        per_inst.sum().backward()
-        opt.step()
-        sched.step()
-        if step % log_every == 0:
-            curve.append(per_inst.detach())
+    cfg = TrainConfig(
+        max_steps=steps, batch_size=batch, lr=lr, min_lr=0.0, warmup_steps=0, schedule="cosine",
+        weight_decay=0.0, beta2=0.999, grad_clip=0.0, eval_interval=0,
+        log_interval=max(1, min(log_every, steps)), out_dir="", tensorboard=False,
+        progress=progress, seed=seed, device=str(model.W.device),
+    )  # fmt: skip
+    task = SuperpositionTask(model, log_every)
+    trainer = Trainer(model, cfg, task)
+    trainer.fit()
     with torch.no_grad():
-        x = model.sample(max(batch, 8192), g)
+        x = model.sample(max(batch, 8192), trainer.generator)
         final = model.loss(x, model(x))
-    return TrainResult(final, torch.stack(curve))
+    return TrainResult(final, torch.stack(task.curve))
 
 
 def train_best_of(

@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from lmlab.config import Config, ConfigError, check_keys, preset
+from lmlab.config import Config, ConfigError, check_keys
+from lmlab.families import preset
 
 SCHEDULES = ("cosine", "wsd", "constant")
 # settings that cannot change the weights a resumed run computes (up to float rounding where the
@@ -13,7 +14,7 @@ SCHEDULES = ("cosine", "wsd", "constant")
 RESUME_FREE = frozenset(
     {
         "out_dir", "resume", "allow_change", "progress", "tensorboard", "log_interval",
-        "eval_interval", "eval_iters", "checkpoint_interval", "keep_checkpoints", "threads",
+        "eval_interval", "eval_first", "eval_iters", "checkpoint_interval", "keep_checkpoints", "threads",
         "device", "compile", "parallel", "peak_flops", "model", "model_overrides",
     }
 )  # fmt: skip
@@ -54,11 +55,12 @@ class TrainConfig:
     parallel: str = "ddp"  # with torchrun: "ddp" or "fsdp" (FSDP2 fully_shard)
     # eval, logging, checkpoints
     eval_interval: int = 100
+    eval_first: bool = False  # also evaluate after step 1 (learning curves of toy models)
     eval_iters: int = 20
     log_interval: int = 10
     checkpoint_interval: int = 0  # 0: only at the end
     keep_checkpoints: int = 2  # newest step-numbered checkpoints kept (older ones are deleted)
-    out_dir: str = "runs/train"
+    out_dir: str = "runs/train"  # the run folder; "" keeps nothing on disk (library use)
     resume: bool = False
     # settings --resume may change from the checkpoint's (CLI: --allow-change lr,batch_size); any
     # other difference is refused. Always allowed: those that only say where, how fast or what to
@@ -139,6 +141,10 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    def replace(self, **changes: Any) -> TrainConfig:
+        """A validated copy with `changes` applied."""
+        return TrainConfig(**{**self.to_dict(), **changes})
+
 
 def scaled_overrides(base: Config, over: dict[str, Any]) -> dict[str, Any]:
     """Overrides plus the derived widths they imply: a new d_model or n_heads rescales head_dim,
@@ -152,3 +158,18 @@ def scaled_overrides(base: Config, over: dict[str, Any]) -> dict[str, Any]:
     if "d_ff" not in over:
         over["d_ff"] = max(1, round(base.d_ff * d / base.d_model))
     return over
+
+
+# finetuning from a library call: linear decay to 0, no weight decay, torch's Adam betas, nothing
+# written to disk unless out_dir is set (then checkpoints, metrics and --resume work as for `lmlab train`)
+FINETUNE = {
+    "max_steps": 100, "batch_size": 8, "lr": 1e-4, "min_lr": 0.0, "warmup_steps": 0,
+    "schedule": "wsd", "decay_fraction": 1.0, "weight_decay": 0.0, "beta2": 0.999,
+    "grad_clip": 0.0, "eval_interval": 0, "log_interval": 1, "out_dir": "",
+    "tensorboard": False, "seed": 0,
+}  # fmt: skip
+
+
+def finetune_config(**overrides: Any) -> TrainConfig:
+    """A `TrainConfig` with the finetuning defaults (`FINETUNE`) and `overrides` on top."""
+    return TrainConfig(**{**FINETUNE, **overrides})

@@ -104,11 +104,11 @@ class MetricsLog:
 class Progress:
     """tqdm bar over steps showing loss, tokens/s and MFU; tqdm itself shows the ETA."""
 
-    def __init__(self, total: int, initial: int, enabled: bool) -> None:
+    def __init__(self, total: int, initial: int, enabled: bool, desc: str = "train") -> None:
         self.bar = tqdm(
             total=total,
             initial=initial,
-            desc="train",
+            desc=desc,
             unit="step",
             disable=not enabled,
             dynamic_ncols=True,

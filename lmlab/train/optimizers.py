@@ -1,13 +1,11 @@
 """Optimizer registry: `register("name", factory)` where `factory(model, cfg) -> Optimizer`.
 
-AdamW is built in; Muon (lmlab.optim) registers itself by name. `TrainConfig.optimizer` picks one.
+AdamW is built in; Muon comes from lmlab.optim. `TrainConfig.optimizer` picks one.
 """
 
 from __future__ import annotations
 
-import contextlib
 import difflib
-import importlib
 from collections.abc import Callable
 
 import torch
@@ -18,7 +16,6 @@ from lmlab.train.config import TrainConfig
 
 Factory = Callable[[nn.Module, TrainConfig], torch.optim.Optimizer]
 _REGISTRY: dict[str, Factory] = {}
-_PLUGINS = ("lmlab.optim",)  # imported on lookup so their register() calls run
 
 
 def register(name: str, factory: Factory | None = None):
@@ -49,9 +46,11 @@ def build(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
 
 
 def _load_plugins() -> None:
-    for mod in _PLUGINS:
-        with contextlib.suppress(ImportError):
-            importlib.import_module(mod)
+    """Register Muon from lmlab.optim (a lower layer), imported on first lookup only."""
+    if "muon" not in _REGISTRY:
+        from lmlab.optim import muon_factory
+
+        register("muon", muon_factory)
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
@@ -72,11 +71,18 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
 @register("adamw")
 def adamw(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     """AdamW with decay/no-decay groups; fused kernels where the device supports them."""
+    return adamw_groups(param_groups(model, cfg.weight_decay), cfg)
+
+
+def adamw_groups(groups: list[dict], cfg: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW over explicit parameter groups (a group may set its own weight_decay or lr_scale)."""
+    params = [p for g in groups for p in g["params"]]
     return torch.optim.AdamW(
-        param_groups(model, cfg.weight_decay),
+        groups,
         lr=cfg.lr,
         betas=(cfg.beta1, cfg.beta2),
-        fused=can_fuse(list(model.parameters())),
+        weight_decay=cfg.weight_decay,
+        fused=can_fuse(params),
     )
 
 

@@ -18,15 +18,19 @@ def plot_loss(
     title: str = "loss",
     keys: Sequence[str] = ("loss", "val_loss"),
 ) -> Path:
-    """Plot the named keys of history records against `step`; training loss on a log-y axis."""
+    """Plot the named keys of history records against `step`; log-y when every value is positive
+    (GRPO's policy loss can be zero or negative, so its plot stays linear)."""
     fig, ax = plt.subplots(figsize=(7, 4))
+    positive = True
     for key in keys:
         pts = [(r["step"], r[key]) for r in history if key in r]
         if pts:
             xs, ys = zip(*pts, strict=False)
             ax.plot(xs, ys, label=key, marker="o" if key != "loss" else None, ms=3)
+            positive = positive and min(ys) > 0
     ax.set(xlabel="step", ylabel="loss", title=title)
-    ax.set_yscale("log")
+    if positive:
+        ax.set_yscale("log")
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()

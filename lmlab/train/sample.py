@@ -1,9 +1,12 @@
-"""A plain sampling loop (temperature, top-k) for looking at what a freshly trained model writes."""
+"""Samples printed during and after training: what a freshly trained model writes, on the decode core."""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
+
+from lmlab.generate.decode import Decoding
+from lmlab.generate.sampling import SamplingConfig
 
 
 @torch.no_grad()
@@ -15,22 +18,18 @@ def sample(
     top_k: int | None = 40,
     generator: torch.Generator | None = None,
 ) -> list[int]:
-    """Continue `prompt` by `max_new_tokens` ids (no KV cache: recomputes the window each step)."""
-    was = model.training
-    model.eval()
-    device = next(model.parameters()).device
+    """Continue `prompt` by `max_new_tokens` ids (KV-cached; no stop token).
+
+    A continuation longer than the context goes on from the last half context of text, re-read
+    into a fresh cache each time the cache fills.
+    """
+    sampling = SamplingConfig(temperature=max(temperature, 0.0), top_k=top_k or None)
     ctx = model.cfg.max_seq_len
-    ids = torch.tensor([prompt], dtype=torch.long, device=device)
-    for _ in range(max_new_tokens):
-        logits = model(ids[:, -ctx:])[0, -1].float()
-        if temperature <= 0:
-            nxt = logits.argmax(-1, keepdim=True)
-        else:
-            logits = logits / temperature
-            if top_k:
-                kth = logits.topk(min(top_k, logits.numel())).values[-1]
-                logits = logits.masked_fill(logits < kth, float("-inf"))
-            nxt = torch.multinomial(logits.softmax(-1).cpu(), 1, generator=generator).to(device)
-        ids = torch.cat([ids, nxt.view(1, 1)], 1)
-    model.train(was)
-    return ids[0, len(prompt) :].tolist()
+    ids = list(prompt)[-ctx:]
+    out: list[int] = []
+    while len(out) < max_new_tokens:
+        window = (list(prompt) + out)[-max(ctx // 2, 1) :] if out else ids
+        n = min(max_new_tokens - len(out), ctx - len(window) + 1)
+        for step in Decoding(model, [window], sampling, n, generator=generator):
+            out.append(int(step.tokens[0]))
+    return out

@@ -1,5 +1,5 @@
-"""Export an lmlab model to the Hugging Face layout (config.json + model.safetensors) for GPT-2
-and the Llama family (Llama, SmolLM2, Mistral), so `transformers` loads the folder directly.
+"""Export an lmlab model to the Hugging Face layout (config.json + model.safetensors), so
+`transformers` loads the folder directly, for every family whose module writes an HF config.
 
 Before writing, the HF config is translated back with `config_from_hf` and compared with the
 model's own config: a knob the HF architecture cannot express is an error, not a silent change.
@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING, Any
 
 from safetensors.torch import save_file
 
-from lmlab.config import Config
+from lmlab.config import Config, ConfigError
+from lmlab.families import FAMILIES, Family, family_of
 from lmlab.weights.errors import WeightsError
 from lmlab.weights.hf import config_from_hf, lmlab_to_hf
 from lmlab.weights.writer import model_files
@@ -23,88 +24,43 @@ if TYPE_CHECKING:
     from lmlab.model import Transformer
     from lmlab.tokenizers.base import Tokenizer
 
-FAMILIES = ("gpt2", "llama", "mistral")
 LMLAB_FORMAT_HINT = (
     "write an lmlab checkpoint instead: --format lmlab "
     "(lmlab.weights.checkpoint.save_checkpoint), which keeps every architecture"
 )
 # fields that do not change what the network computes, so export need not preserve them
-_IGNORED = {"name", "extra", "dropout", "init_std", "pad_token_id", "bos_token_id", "eos_token_id"}
-_GPT2_ACT = {"gelu_tanh": "gelu_new", "gelu": "gelu", "relu": "relu", "quick_gelu": "quick_gelu"}
+# (`family` too: the family module wrote the HF config, and an empty one was inferred from the
+# knobs; `sliding_window_pattern` only derives `layer_types`, which are compared)
+_IGNORED = {
+    "name",
+    "family",
+    "sliding_window_pattern",
+    "extra",
+    "dropout",
+    "init_std",
+    "pad_token_id",
+    "bos_token_id",
+    "eos_token_id",
+}
+
+
+def exportable_families() -> list[str]:
+    """Families whose module can write a transformers `config.json`."""
+    return [name for name, f in FAMILIES.items() if type(f).hf_config is not Family.hf_config]
 
 
 def hf_config(cfg: Config) -> dict[str, Any]:
-    """The transformers `config.json` dict for `cfg` (GPT-2 or Llama family)."""
-    ids = {  # ids outside the vocabulary (e.g. gpt2-tiny's inherited 50256) are left out
-        k: getattr(cfg, k)
-        for k in ("bos_token_id", "eos_token_id", "pad_token_id")
-        if getattr(cfg, k) is not None and 0 <= getattr(cfg, k) < cfg.vocab_size
-    }
-    if cfg.family == "gpt2":
-        return {
-            "architectures": ["GPT2LMHeadModel"],
-            "model_type": "gpt2",
-            "vocab_size": cfg.vocab_size,
-            "n_embd": cfg.d_model,
-            "n_layer": cfg.n_layers,
-            "n_head": cfg.n_heads,
-            "n_inner": cfg.d_ff,
-            "n_positions": cfg.max_seq_len,
-            "n_ctx": cfg.max_seq_len,
-            "layer_norm_epsilon": cfg.norm_eps,
-            "activation_function": _GPT2_ACT.get(cfg.mlp, cfg.mlp),
-            "tie_word_embeddings": cfg.tie_embeddings,
-            **ids,
-        }
-    if cfg.family not in ("llama", "mistral"):
+    """The transformers `config.json` dict for `cfg`, from its family module."""
+    try:
+        family = family_of(cfg)
+    except ConfigError as e:
+        raise WeightsError(f"{e}; {LMLAB_FORMAT_HINT}") from None
+    if family.name not in exportable_families():
         raise WeightsError(
-            f"export to the HF layout supports the {', '.join(FAMILIES)} families, not {cfg.family!r}; "
-            f"{LMLAB_FORMAT_HINT}"
+            f"export to the HF layout supports the {', '.join(exportable_families())} families, "
+            f"not {family.name!r}; {LMLAB_FORMAT_HINT}"
         )
-    arch = "MistralForCausalLM" if cfg.family == "mistral" else "LlamaForCausalLM"
-    out: dict[str, Any] = {
-        "architectures": [arch],
-        "model_type": cfg.family,
-        "vocab_size": cfg.vocab_size,
-        "hidden_size": cfg.d_model,
-        "intermediate_size": cfg.d_ff,
-        "num_hidden_layers": cfg.n_layers,
-        "num_attention_heads": cfg.n_heads,
-        "num_key_value_heads": cfg.n_kv_heads,
-        "head_dim": cfg.head_dim,
-        "max_position_embeddings": cfg.max_seq_len,
-        "rms_norm_eps": cfg.norm_eps,
-        "hidden_act": "silu",
-        "rope_theta": cfg.rope_theta,
-        "rope_scaling": _rope_scaling(cfg),
-        "attention_bias": cfg.attn_qkv_bias,
-        "mlp_bias": cfg.mlp_bias,
-        "tie_word_embeddings": cfg.tie_embeddings,
-        **ids,
-    }
-    if cfg.family == "mistral":
-        out["sliding_window"] = cfg.sliding_window
-    return out
-
-
-def _rope_scaling(cfg: Config) -> dict[str, Any] | None:
-    if cfg.rope_scaling is None:
-        return None
-    out: dict[str, Any] = {"rope_type": cfg.rope_scaling, "factor": cfg.rope_factor}
-    if cfg.rope_scaling in ("llama3", "yarn"):
-        out["original_max_position_embeddings"] = cfg.rope_original_max_seq_len
-    if cfg.rope_scaling == "llama3":
-        out.update(
-            low_freq_factor=cfg.rope_low_freq_factor, high_freq_factor=cfg.rope_high_freq_factor
-        )
-    if cfg.rope_scaling == "yarn":
-        out.update(
-            beta_fast=cfg.yarn_beta_fast,
-            beta_slow=cfg.yarn_beta_slow,
-            truncate=cfg.yarn_truncate,
-            attention_factor=cfg.yarn_attention_factor,
-        )
-    return out
+    return family.hf_config(cfg)
 
 
 def check_exportable(cfg: Config) -> dict[str, Any]:

@@ -8,10 +8,10 @@ for parsing: `GGUFReader` builds numpy views for every vocabulary string and too
 SmolLM2's header and 44.6 s on Gemma 3's (262k tokens), against 0.6 s and 1.3 s here
 (2026-11-22, shared 2-core CPU).
 
-`gguf_to_hf` then undoes what llama.cpp's `convert_hf_to_gguf.py` did (Llama Q/K row
-permutation, Gemma's norms stored as 1 + w, renamed tensors, tied output), giving an HF
-`config.json` dict and a state dict with HF names and orientation, so one HF -> lmlab name
-map serves both formats.
+`gguf_to_hf` then undoes what llama.cpp's `convert_hf_to_gguf.py` did (renamed tensors, tied
+output, and through the family module of the file's architecture: Q/K row permutation, norms
+stored with an offset, transposes), giving an HF `config.json` dict and a state dict with HF
+names and orientation, so one HF -> lmlab name map serves both formats.
 """
 
 from __future__ import annotations
@@ -30,6 +30,8 @@ import numpy as np
 import torch
 from gguf import GGMLQuantizationType
 
+from lmlab.config import ConfigError
+from lmlab.families import Family, family_for_gguf, gguf_archs
 from lmlab.weights.errors import WeightsError
 from lmlab.weights.quants import SUPPORTED_QTYPES, dequantize, quant_nbytes, supported_names
 
@@ -296,45 +298,6 @@ def _load_tensors(gf: GGUFFile, buf: mmap.mmap) -> dict[str, torch.Tensor]:
 
 # ------------------------------------------------------------------------------- GGUF -> HF
 
-_LLAMA_LAYER = {
-    "attn_norm": "input_layernorm",
-    "attn_q": "self_attn.q_proj",
-    "attn_k": "self_attn.k_proj",
-    "attn_v": "self_attn.v_proj",
-    "attn_output": "self_attn.o_proj",
-    "ffn_norm": "post_attention_layernorm",
-    "ffn_gate": "mlp.gate_proj",
-    "ffn_up": "mlp.up_proj",
-    "ffn_down": "mlp.down_proj",
-}
-_GEMMA3_LAYER = {
-    **_LLAMA_LAYER,
-    "post_attention_norm": "post_attention_layernorm",
-    "ffn_norm": "pre_feedforward_layernorm",
-    "post_ffw_norm": "post_feedforward_layernorm",
-    "attn_q_norm": "self_attn.q_norm",
-    "attn_k_norm": "self_attn.k_norm",
-}
-_DECODER_TOP = {
-    "token_embd": "model.embed_tokens",
-    "output_norm": "model.norm",
-    "output": "lm_head",
-}
-_GPT2_LAYER = {
-    "attn_norm": "ln_1",
-    "attn_qkv": "attn.c_attn",
-    "attn_output": "attn.c_proj",
-    "ffn_norm": "ln_2",
-    "ffn_up": "mlp.c_fc",
-    "ffn_down": "mlp.c_proj",
-}
-_GPT2_TOP = {
-    "token_embd": "transformer.wte",
-    "position_embd": "transformer.wpe",
-    "output_norm": "transformer.ln_f",
-    "output": "lm_head",
-}
-_ARCHS = ("llama", "gemma3", "gpt2")
 _BLOCK = re.compile(r"blk\.(\d+)\.(\w+)\.(weight|bias)")
 
 
@@ -345,236 +308,57 @@ def gguf_to_hf(
     gf = source if isinstance(source, GGUFFile) else read_gguf(source)
     if not gf.tensors and gf.infos:
         gf = read_gguf(gf.path)
-    arch = gf.architecture
-    if arch not in _ARCHS:
+    try:
+        family = family_for_gguf(gf.architecture)
+    except ConfigError:
         raise WeightsError(
-            f"{gf.path}: GGUF architecture {arch!r} is not supported; supported: {', '.join(_ARCHS)}. "
-            "Load the original Hugging Face folder with lmlab.load(folder) instead"
-        )
-    cfg = _hf_config(gf)
-    if arch == "gpt2":
-        sd = _gpt2_state_dict(gf)
-    else:
-        sd = _decoder_state_dict(gf, cfg, _GEMMA3_LAYER if arch == "gemma3" else _LLAMA_LAYER)
+            f"{gf.path}: GGUF architecture {gf.architecture!r} is not supported; supported: "
+            f"{', '.join(gguf_archs())}. Load the original Hugging Face folder with "
+            "lmlab.load(folder) instead"
+        ) from None
+    try:
+        cfg = family.gguf_hf_config(gf)
+        sd = _state_dict(gf, family, cfg)
+    except ConfigError as e:
+        raise WeightsError(f"{gf.path}: {e}") from None
     if cfg[
         "tie_word_embeddings"
     ]:  # as transformers' own state_dict(): the head shares the embedding
-        sd["lm_head.weight"] = sd[
-            "transformer.wte.weight" if arch == "gpt2" else "model.embed_tokens.weight"
-        ]
+        sd["lm_head.weight"] = sd[family.gguf_top_names["token_embd"] + ".weight"]
     return cfg, sd, gf.metadata
 
 
-def _rename(
-    gf: GGUFFile, name: str, layer: dict[str, str], top: dict[str, str], prefix: str
-) -> str | None:
-    """HF name of GGUF tensor `name`, or None when this architecture has no place for it."""
+def _hf_name(name: str, family: Family) -> str | None:
+    """HF name of GGUF tensor `name`, or None when the family has no place for it."""
     if m := _BLOCK.fullmatch(name):
-        hf = layer.get(m[2])
-        return f"{prefix}.{m[1]}.{hf}.{m[3]}" if hf else None
+        hf = family.gguf_layer_names.get(m[2])
+        return f"{family.gguf_layer_prefix}.{m[1]}.{hf}.{m[3]}" if hf else None
     base, _, suffix = name.rpartition(".")
-    hf = top.get(base)
+    hf = family.gguf_top_names.get(base)
     return f"{hf}.{suffix}" if hf and suffix in ("weight", "bias") else None
 
 
-def _unknown(gf: GGUFFile, names: list[str]) -> WeightsError:
-    return WeightsError(
-        f"{gf.path}: {len(names)} tensors have no place in a {gf.architecture} model, e.g. {names[:5]}; "
-        "this GGUF variant is not supported yet: load the original Hugging Face folder instead"
-    )
-
-
-def _decoder_state_dict(
-    gf: GGUFFile, cfg: dict[str, Any], layer: dict[str, str]
-) -> dict[str, torch.Tensor]:
-    """State dict of a Llama-style or Gemma 3 decoder with HF names and HF orientation."""
-    is_gemma = gf.architecture == "gemma3"
+def _state_dict(gf: GGUFFile, family: Family, cfg: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """The state dict with HF names and HF orientation (the family undoes the converter's changes)."""
     sd, unknown = {}, []
     for name, t in gf.tensors.items():
         if name == "rope_freqs.weight":  # Llama 3.x rope scaling, baked into a tensor by llama.cpp
             warnings.warn(
-                f"{gf.path}: rope_freqs.weight (Llama 3 rope scaling) has no HF config equivalent and "
+                f"{gf.path}: rope_freqs.weight (rope scaling baked into a tensor) has no HF config "
+                "equivalent and "
                 "is not applied; long-context positions may differ from the original model",
                 stacklevel=3,
             )
             continue
-        hf = _rename(gf, name, layer, _DECODER_TOP, "model.layers")
+        hf = _hf_name(name, family)
         if hf is None:
             unknown.append(name)
             continue
-        if not is_gemma and (".attn_q." in name or ".attn_k." in name):
-            heads = cfg["num_attention_heads"] if ".attn_q." in name else cfg["num_key_value_heads"]
-            t = _unpermute_rope(t, heads)
-        elif is_gemma and name.endswith("norm.weight"):
-            t = t - 1.0  # the converter stores Gemma's (1 + w) norm weights as 1 + w
-        sd[hf] = t
+        sd[hf] = family.gguf_tensor_to_hf(name, t, cfg)
     if unknown:
-        raise _unknown(gf, unknown)
-    return sd
-
-
-def _unpermute_rope(w: torch.Tensor, n_heads: int) -> torch.Tensor:
-    """Undo llama.cpp's q/k row permutation (interleaved rotary pairs -> HF's rotate-half halves).
-
-    The converter maps rows [h, 2, d/2] -> [h, d/2, 2] within each head; this maps them back.
-    """
-    rows = w.shape[0]
-    if rows % (2 * n_heads):
         raise WeightsError(
-            f"q/k projection with {rows} rows cannot be split into {n_heads} heads of even size"
+            f"{gf.path}: {len(unknown)} tensors have no place in a {gf.architecture} model, e.g. "
+            f"{unknown[:5]}; this GGUF variant is not supported yet: load the original Hugging "
+            "Face folder instead"
         )
-    return (
-        w.reshape(n_heads, rows // n_heads // 2, 2, *w.shape[1:])
-        .transpose(1, 2)
-        .reshape(w.shape)
-        .contiguous()
-    )
-
-
-def _gpt2_state_dict(gf: GGUFFile) -> dict[str, torch.Tensor]:
-    """GPT-2 state dict: HF keeps Conv1D weights as [in, out], GGUF as [out, in]."""
-    sd, unknown = {}, []
-    for name, t in gf.tensors.items():
-        hf = _rename(gf, name, _GPT2_LAYER, _GPT2_TOP, "transformer.h")
-        if hf is None:
-            unknown.append(name)
-            continue
-        if hf.endswith(".weight") and any(k in hf for k in ("c_attn", "c_proj", "c_fc")):
-            t = t.t().contiguous()
-        sd[hf] = t
-    if unknown:
-        raise _unknown(gf, unknown)
     return sd
-
-
-# ------------------------------------------------------------------------------ HF config
-
-
-def _hf_config(gf: GGUFFile) -> dict[str, Any]:
-    """An HF `config.json` dict built from GGUF metadata, as transformers would write it."""
-    md, arch = gf.metadata, gf.architecture
-
-    def get(key: str, default: Any = None) -> Any:
-        return md.get(f"{arch}.{key}", default)
-
-    def need(key: str) -> Any:
-        v = get(key)
-        if v is None:
-            raise WeightsError(
-                f"{gf.path}: metadata {arch}.{key} is missing; the file is incomplete, re-convert it"
-            )
-        return v
-
-    embd = gf.infos.get("token_embd.weight")
-    tokens = md.get("tokenizer.ggml.tokens")
-    vocab = embd.shape[0] if embd else get("vocab_size") or (len(tokens) if tokens else None)
-    if vocab is None:
-        raise WeightsError(
-            f"{gf.path}: cannot tell the vocabulary size (no token_embd.weight, no token list)"
-        )
-    special = {
-        f"{hf}_token_id": md[f"tokenizer.ggml.{k}_token_id"]
-        for hf, k in (("bos", "bos"), ("eos", "eos"), ("pad", "padding"))
-        if f"tokenizer.ggml.{k}_token_id" in md
-    }
-    tied = "output.weight" not in gf.infos
-    hidden, n_layers = need("embedding_length"), need("block_count")
-    heads = need("attention.head_count")
-
-    if arch == "gpt2":
-        return {
-            "architectures": ["GPT2LMHeadModel"],
-            "model_type": "gpt2",
-            "vocab_size": vocab,
-            "n_embd": hidden,
-            "n_layer": n_layers,
-            "n_head": heads,
-            "n_inner": get("feed_forward_length"),
-            "n_positions": need("context_length"),
-            "n_ctx": need("context_length"),
-            "layer_norm_epsilon": get("attention.layer_norm_epsilon", 1e-5),
-            "activation_function": "gelu_new",
-            "tie_word_embeddings": tied,
-            **special,
-        }
-
-    kv_heads = get("attention.head_count_kv", heads)
-    if isinstance(kv_heads, list):  # per-layer counts (hybrid models); transformers takes the max
-        kv_heads = max(kv_heads)
-    cfg: dict[str, Any] = {
-        "vocab_size": vocab,
-        "hidden_size": hidden,
-        "intermediate_size": need("feed_forward_length"),
-        "num_hidden_layers": n_layers,
-        "num_attention_heads": heads,
-        "num_key_value_heads": kv_heads,
-        "max_position_embeddings": get("context_length", 2048),
-        "rms_norm_eps": get("attention.layer_norm_rms_epsilon", 1e-6),
-        "rope_scaling": _rope_scaling(gf),
-        "tie_word_embeddings": tied,
-        "attention_bias": "blk.0.attn_q.bias" in gf.infos,
-        **special,
-    }
-    if arch == "gemma3":
-        head_dim = get("attention.key_length", 256)
-        pattern = get("attention.sliding_window_pattern", 6)
-        if isinstance(pattern, list):  # per-layer flags: True = sliding window
-            layer_types = ["sliding_attention" if s else "full_attention" for s in pattern]
-        else:
-            layer_types = [
-                "sliding_attention" if (i + 1) % pattern else "full_attention"
-                for i in range(n_layers)
-            ]
-        # llama.cpp scales Gemma 3 27B (62 layers) queries by hidden/heads, the others by head_dim
-        scalar = hidden // heads if n_layers == 62 else head_dim
-        return {
-            "architectures": ["Gemma3ForCausalLM"],
-            "model_type": "gemma3_text",
-            **cfg,
-            "head_dim": head_dim,
-            "hidden_activation": "gelu_pytorch_tanh",
-            "rope_theta": get("rope.freq_base", 1_000_000.0),
-            # newer converters store the local base; older files leave it out (every Gemma 3: 10k)
-            "rope_local_base_freq": get("rope.freq_base_swa", 10_000.0),
-            "sliding_window": get("attention.sliding_window", 4096),
-            **({"sliding_window_pattern": pattern} if isinstance(pattern, int) else {}),
-            "layer_types": layer_types,
-            "query_pre_attn_scalar": scalar,
-            "final_logit_softcapping": get("final_logit_softcapping"),
-            "attn_logit_softcapping": get("attn_logit_softcapping"),
-            "use_bidirectional_attention": False,
-        }
-    name = f"{md.get('general.name', '')} {md.get('general.basename', '')}".lower()
-    mistral = "mistral" in name  # llama.cpp writes Mistral models as arch "llama"
-    head_dim = get("attention.key_length") or get("rope.dimension_count") or hidden // heads
-    out = {
-        "architectures": ["MistralForCausalLM" if mistral else "LlamaForCausalLM"],
-        "model_type": "mistral" if mistral else "llama",
-        **cfg,
-        "head_dim": head_dim,
-        "hidden_act": "silu",
-        "rope_theta": get("rope.freq_base", 10_000.0),
-        "mlp_bias": "blk.0.ffn_up.bias" in gf.infos,
-    }
-    if mistral:
-        out["sliding_window"] = get("attention.sliding_window")
-    return out
-
-
-def _rope_scaling(gf: GGUFFile) -> dict[str, Any] | None:
-    """HF `rope_scaling` from `{arch}.rope.scaling.*`, or None when the file has no scaling."""
-    md, p = gf.metadata, f"{gf.architecture}.rope.scaling."
-    kind = md.get(p + "type")
-    if kind in (None, "none"):
-        return None
-    out: dict[str, Any] = {"rope_type": kind}
-    for gguf_key, hf_key in (
-        ("factor", "factor"),
-        ("original_context_length", "original_max_position_embeddings"),
-        ("attn_factor", "attention_factor"),
-        ("yarn_beta_fast", "beta_fast"),
-        ("yarn_beta_slow", "beta_slow"),
-    ):
-        if p + gguf_key in md:
-            out[hf_key] = md[p + gguf_key]
-    return out

@@ -15,7 +15,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from lmlab.weights.errors import WeightsError
-from lmlab.weights.mxfp4 import dequantize_gpt_oss_state_dict
+from lmlab.weights.mxfp4 import dequantize_mxfp4_state_dict
 
 INDEX = "model.safetensors.index.json"
 _PICKLES = ("pytorch_model.bin", "pytorch_model.bin.index.json", "model.pt", "model.ckpt")
@@ -89,5 +89,5 @@ def read_hf_folder(folder: str | Path) -> tuple[dict[str, Any], dict[str, torch.
     for f in weight_files(folder):
         sd.update(read_safetensors(f))
     if any(k.endswith("_blocks") for k in sd):
-        sd = dequantize_gpt_oss_state_dict(sd, torch.bfloat16)
+        sd = dequantize_mxfp4_state_dict(sd, torch.bfloat16)
     return hf_cfg, sd

@@ -15,12 +15,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
+from torch import nn
+from torch.overrides import TorchFunctionMode
 
-from lmlab.config import PRESETS, Config, ConfigError, preset
+from lmlab.config import Config, ConfigError
+from lmlab.families import PRESETS, family_of, preset
 from lmlab.model import Transformer
+from lmlab.packaged import PACKAGED, packaged_path
 from lmlab.weights import hub
 from lmlab.weights.errors import WeightsError
-from lmlab.weights.packaged import PACKAGED, packaged_path
 
 if TYPE_CHECKING:
     from lmlab.tokenizers.base import Tokenizer
@@ -61,7 +64,7 @@ def _unknown_source(name: str) -> str:
     return (
         f"unknown model {name!r}: not a file or folder, preset, packaged model or hub id.{hint} "
         f"Presets and packaged models: {', '.join(known)}. Hub ids look like 'owner/name' "
-        "(or 'hf:gpt2')"
+        "(or 'hf:name' for ids without an owner)"
     )
 
 
@@ -184,13 +187,16 @@ def _load_preset(
 ) -> tuple[Transformer, Tokenizer | None]:
     cfg = preset(name)
     model = Transformer(cfg).to(device=device, dtype=dtype or torch.float32).eval()
-    tok = None
-    if cfg.family == "gpt2" and cfg.vocab_size == 50257:
-        from lmlab.tokenizers.tiktoken_gpt2 import default_ranks_path, gpt2_tiktoken
+    return model, _preset_tokenizer(cfg)
 
-        if default_ranks_path().is_file():
-            tok = gpt2_tiktoken()
-    return model, tok
+
+def _preset_tokenizer(cfg: Config) -> Tokenizer | None:
+    """The tokenizer the preset's family names, if it can be built offline and fits the vocabulary."""
+    if family_of(cfg).preset_tokenizer(cfg) != "tiktoken":
+        return None
+    from lmlab.tokenizers.tiktoken_gpt2 import default_ranks_path, gpt2_tiktoken
+
+    return gpt2_tiktoken() if default_ranks_path().is_file() else None
 
 
 def _load_packaged(
@@ -222,31 +228,40 @@ def _convert(fn: Any, hf_sd: Tensors, cfg: Config, where: Path) -> Tensors:
         raise WeightsError(f"{where}: {e.args[0] if e.args else e}") from None
 
 
-_INITS = (
-    "normal_",
-    "zeros_",
-    "ones_",
-    "uniform_",
-    "kaiming_uniform_",
-    "trunc_normal_",
-    "constant_",
-)
+class _SkipRandomInit(TorchFunctionMode):
+    """Within its `with` block (this thread only), random initializers leave their tensor as it is.
+
+    A scoped torch-function mode instead of patching `torch.nn.init`: nothing global changes, and
+    the meta device is avoided because its init kernels import torch's compiler stack (seconds).
+    """
+
+    SKIP = frozenset(
+        {
+            nn.init.uniform_,
+            nn.init.normal_,
+            nn.init.trunc_normal_,
+            nn.init.kaiming_uniform_,
+            nn.init.kaiming_normal_,
+            nn.init.xavier_uniform_,
+            nn.init.xavier_normal_,
+            torch.Tensor.uniform_,
+            torch.Tensor.normal_,
+        }
+    )
+
+    def __torch_function__(
+        self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None
+    ) -> Any:
+        kwargs = kwargs or {}
+        if func in self.SKIP:  # nn.init passes the tensor by keyword, Tensor methods as self
+            return args[0] if args else kwargs["tensor"]
+        return func(*args, **kwargs)
 
 
 def _skeleton(cfg: Config) -> Transformer:
-    """A `Transformer` with uninitialized parameters (random init is skipped: it is overwritten).
-
-    Untouched `torch.empty` memory costs nothing; the meta device would be lighter still, but its
-    first use imports torch's compiler stack (seconds).
-    """
-    saved = {n: getattr(torch.nn.init, n) for n in _INITS}
-    try:
-        for n in _INITS:
-            setattr(torch.nn.init, n, lambda t, *a, **k: t)
+    """A `Transformer` whose parameters are uninitialized `torch.empty` memory (the weights overwrite them)."""
+    with _SkipRandomInit():
         return Transformer(cfg)
-    finally:
-        for n, fn in saved.items():
-            setattr(torch.nn.init, n, fn)
 
 
 def build_model(
@@ -268,7 +283,7 @@ def build_model(
     extra = sorted(set(sd) - set(expected))
     if missing or extra:
         raise WeightsError(
-            f"{where}: the weights do not fit a {cfg.family} model of this config: missing {missing[:5]}"
+            f"{where}: the weights do not fit a {cfg.family or cfg.name} model of this config: missing {missing[:5]}"
             f"{'...' if len(missing) > 5 else ''}, unexpected {extra[:5]}{'...' if len(extra) > 5 else ''}"
         )
     for k, v in sd.items():

@@ -58,12 +58,12 @@ def dequantize_expert(
     """One GPT-OSS expert tensor [E, out, G, 16] -> dense [E, in, out] as `GptOssExperts` holds it."""
     if blocks.ndim != 4:
         raise WeightsError(
-            f"GPT-OSS expert blocks must be [experts, rows, groups, 16], got {tuple(blocks.shape)}"
+            f"MXFP4 expert blocks must be [experts, rows, groups, 16], got {tuple(blocks.shape)}"
         )
     return dequantize_mxfp4(blocks, scales, dtype).transpose(1, 2).contiguous()
 
 
-def dequantize_gpt_oss_state_dict(
+def dequantize_mxfp4_state_dict(
     sd: dict[str, torch.Tensor], dtype: torch.dtype = torch.bfloat16
 ) -> dict[str, torch.Tensor]:
     """Replace each `X_blocks` + `X_scales` pair of a GPT-OSS state dict with the dense `X`."""

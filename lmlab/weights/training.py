@@ -3,7 +3,7 @@ read the model out of it, and say how to turn one into a loadable model (`lmlab 
 
 `lmlab.load` does not read them: a training checkpoint is a torch pickle holding optimizer state and
 no tokenizer, so it is converted once into a model folder (safetensors, never unpickled again).
-Which file of a run folder to use is `lmlab.train.checkpoint`'s call (its manifest and checksums).
+Which file of a run folder to use is `lmlab.checkpoints`'s call (its manifest and checksums).
 """
 
 from __future__ import annotations
@@ -39,17 +39,17 @@ def convert_hint(path: str | Path) -> str:
 
 def is_training_run(path: str | Path) -> bool:
     """Whether `path` is a torch checkpoint file or a run folder with checkpoints (by name only)."""
-    from lmlab.train import checkpoint as train_ckpt
+    from lmlab import checkpoints as train_ckpt
 
     path = Path(path)
     if path.is_file():
         return path.suffix in SUFFIXES
-    return path.is_dir() and any(train_ckpt.exists(path, p) for p in ("ckpt", "grpo_ckpt"))
+    return path.is_dir() and train_ckpt.exists(path)
 
 
 def find_checkpoint(path: str | Path) -> Path:
     """The checkpoint file `path` names: itself, or the newest intact one of a run folder."""
-    from lmlab.train import checkpoint as train_ckpt
+    from lmlab import checkpoints as train_ckpt
 
     path = Path(path).expanduser()
     if not path.exists():

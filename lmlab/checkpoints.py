@@ -28,7 +28,9 @@ from lmlab.config import ConfigError
 from lmlab.errors import CheckpointError
 from lmlab.runs import atomic_write, fsync_dir, tmp_name
 
-PREFIX = "ckpt"  # training checkpoints: ckpt_NNNNNN.pt, checkpoints.json (GRPO uses "grpo_ckpt")
+PREFIX = (
+    "ckpt"  # training checkpoints (every trainer, GRPO included): ckpt_NNNNNN.pt, checkpoints.json
+)
 # temporaries of a killed writer: `.lmlab-tmp-<pid>-<name>` (lmlab.runs) or the older `.<name>.tmp<pid>`
 _TMP = re.compile(r"\.lmlab-tmp-\d+-(?P<a>.+)|\.(?P<b>.+)\.tmp\d+")
 
@@ -101,7 +103,7 @@ def sha256(path: str | Path) -> str:
 
 # ---------------------------------------------------------------------- run folders
 def manifest_name(prefix: str = PREFIX) -> str:
-    """`checkpoints.json` for "ckpt", `grpo_checkpoints.json` for "grpo_ckpt"."""
+    """The manifest of a prefix: `checkpoints.json` for "ckpt"."""
     return f"{prefix.removesuffix('ckpt')}checkpoints.json"
 
 

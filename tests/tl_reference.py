@@ -1,13 +1,13 @@
 """TransformerLens's `TransformerBridge` on the same weights as an lmlab model, booted offline
-(a dev-only reference for parity tests and benchmarks; needs transformer-lens)."""
+(a test-only reference for parity tests and bench/interp_speed.py; needs transformer-lens)."""
 
 from __future__ import annotations
 
 import os
 from typing import Any
 
+from lmlab.packaged import packaged_path
 from lmlab.weights.gguf import gguf_to_hf
-from lmlab.weights.packaged import packaged_path
 
 HUB_IDS = {"smollm2-135m-instruct": "HuggingFaceTB/SmolLM2-135M-Instruct"}
 
@@ -32,7 +32,7 @@ def boot_bridge(name: str = "smollm2-135m-instruct", *, compatibility: bool = Tr
         raise ValueError(f"no reference bridge for {name!r}; known: {sorted(HUB_IDS)}")
     path = packaged_path(name)
     if path is None:
-        raise FileNotFoundError(f"{name} is not installed; see lmlab.weights.packaged")
+        raise FileNotFoundError(f"{name} is not installed; see lmlab.packaged")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     hf_cfg, sd, _ = gguf_to_hf(path)
     cfg = transformers.LlamaConfig(
