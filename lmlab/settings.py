@@ -5,12 +5,11 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import tomllib
 import types
 import typing
 from pathlib import Path
 from typing import Any, TypeVar
-
-import tomllib
 
 from lmlab.config import ConfigError
 
@@ -231,7 +230,7 @@ def parse_overrides(cls: type, overrides: list[str]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for item in overrides:
         key, sep, raw = item.removeprefix("--").partition("=")
-        path = [part.replace("-", "_") for part in key.split(".")]
+        path = resolve_key(cls, key)
         node, owner, prefix, hint = out, cls, "", None
         for i, name in enumerate(path):
             fields = {f.name for f in dataclasses.fields(owner)}
@@ -270,6 +269,49 @@ def parse_overrides(cls: type, overrides: list[str]) -> dict[str, Any]:
                 raw = "true"
             node[name] = coerce(raw, hint, prefix + name)
     return out
+
+
+def resolve_key(cls: type, key: str) -> list[str]:
+    """The field path of command-line `key` in `cls` (dashes read as underscores): `train.lr`, or
+    the flat `lr` when `cls` has no field `lr` and exactly one group (`train`) has one, so each
+    knob has one name users can type everywhere. An ambiguous flat key raises `ConfigError`."""
+    path = [part.replace("-", "_") for part in key.split(".")]
+    if not (dataclasses.is_dataclass(cls) and path[0]):
+        return path
+    if path[0] in {f.name for f in dataclasses.fields(cls)}:
+        return path
+    hints = typing.get_type_hints(cls)
+    groups = [
+        f.name
+        for f in dataclasses.fields(cls)
+        if _is_section(hints[f.name])
+        and path[0] in {g.name for g in dataclasses.fields(hints[f.name])}
+    ]
+    if len(groups) > 1:
+        spelled = " or ".join(f"--{g}.{key.replace('-', '_')}" for g in groups)
+        raise ConfigError(f"--{key} is a setting of {' and '.join(groups)}; write {spelled}")
+    return groups + path
+
+
+def field_type(cls: type, key: str) -> Any:
+    """The type of the field command-line `key` names in `cls` (see `resolve_key`), or None when
+    it names none; a key inside a table field (`data_options.x`) has the table's value type."""
+    try:
+        path = resolve_key(cls, key)
+    except ConfigError:
+        return None
+    owner: Any = cls
+    for i, name in enumerate(path):
+        if not (isinstance(owner, type) and dataclasses.is_dataclass(owner)):
+            return None
+        if name not in {f.name for f in dataclasses.fields(owner)}:
+            return None
+        hint = typing.get_type_hints(owner)[name]
+        if i < len(path) - 1 and (typing.get_origin(hint) is dict or hint is dict):
+            args = typing.get_args(hint)
+            return args[1] if len(args) == 2 else typing.Any
+        owner = hint
+    return owner
 
 
 def _literal(raw: str) -> Any:

@@ -51,8 +51,8 @@ def test_greedy_64_tokens_equals_transformers(smollm2):
 @pytest.mark.slow
 def test_chat_template_streaming(smollm2):
     model, tok, _ = smollm2
-    text = tok.apply_chat_template([{"role": "user", "content": "What is the capital of France?"}])
-    ids = tok.encode(text)
+    msgs = [{"role": "user", "content": "What is the capital of France?"}]
+    ids = tok.apply_chat_template(msgs, add_generation_prompt=True, return_dict=False)
     pieces = list(stream_generate(model, ids, tok, max_new_tokens=24))
     assert len(pieces) > 3 and "Paris" in "".join(pieces)
 

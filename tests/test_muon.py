@@ -196,6 +196,7 @@ def test_muon_vs_adamw_recipe_smoke(shared_data, tmp_path):
     from lmlab.recipes import muon_vs_adamw
     from lmlab.runs import RunDir
     from lmlab.settings import from_toml
+    from tests.run_events import assert_run_events as events_of
 
     data_file(shared_data, "tinyshakespeare.txt")
     cfg = from_toml(
@@ -206,6 +207,7 @@ def test_muon_vs_adamw_recipe_smoke(shared_data, tmp_path):
     )  # fmt: skip
     out = RunDir.create("muon-vs-adamw", tmp_path)
     metrics = muon_vs_adamw.run(cfg, out)
+    assert events_of(out.path)["adamw_lr0.01/val_loss"]  # per-run curves
     # both learn in 6 steps: below uniform over 65 characters (ln 65 = 4.17); measured 3.41 / 3.56
     assert metrics["adamw_best_val_loss"] < 3.9 and metrics["muon_best_val_loss"] < 3.9
     assert (out.path / "loss_curves.png").stat().st_size > 10_000

@@ -104,8 +104,8 @@ def test_lora_regex_targets() -> None:
 
 
 def test_lora_bad_input() -> None:
-    with pytest.raises(ValueError, match=r"match no Linear.*attn\.q"):
-        apply_lora(tiny(), r=4, target_modules=["q_proj"])
+    with pytest.raises(ValueError, match=r"match no Linear.*attn\.q.*q_proj"):
+        apply_lora(tiny(), r=4, target_modules=["query"])
     with pytest.raises(ValueError, match="rank r=0"):
         apply_lora(tiny(), r=0)
 

@@ -8,6 +8,7 @@ import pytest
 
 from lmlab.recipes import induction_formation, max_circuit, trigram
 from lmlab.runs import RunDir
+from tests.run_events import assert_run_events
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # see tests/conftest.py
 
@@ -16,6 +17,7 @@ def _run(recipe, cfg, tmp_path) -> tuple[dict, RunDir]:
     out = RunDir.create(recipe.__name__.rsplit(".", 1)[1], tmp_path)
     metrics = recipe.run(cfg, out)
     json.dumps(metrics, default=float)  # what `lmlab run` writes must serialize
+    assert_run_events(out.path)
     report = out.file("report.md").read_text()
     for png in ("![](", ".png)"):
         assert png in report

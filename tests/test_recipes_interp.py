@@ -9,6 +9,7 @@ import pytest
 from lmlab.packaged import PACKAGED, packaged_path
 from lmlab.runs import RunDir
 from tests.conftest import data_file
+from tests.run_events import assert_run_events
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # see tests/conftest.py
 
@@ -23,6 +24,7 @@ def _run(recipe, cfg, tmp_path) -> tuple[dict, str]:
     out = RunDir.create(recipe.__name__.rsplit(".", 1)[1], tmp_path)
     metrics = recipe.run(cfg, out)
     json.dumps(metrics, default=float)  # what `lmlab run` writes must serialize
+    assert_run_events(out.path)
     report = out.file("report.md").read_text()
     for name in report.split("![](")[1:]:
         assert out.file(name.split(")")[0]).stat().st_size > 1000  # every linked plot exists
@@ -74,6 +76,8 @@ def test_induction_heads_smollm2_known_layers(tmp_path):
     first3 = [(h["layer"], h["head"]) for h in m["top_induction"][:3]]
     assert all(layer in (17, 18) for layer, _ in first3), first3
     assert "| 1 | L18H6 |" in report
+    viewer = next(tmp_path.rglob("viewer.html"))  # the top heads' layers, a byte per weight
+    assert 10_000 < viewer.stat().st_size < 1_000_000, viewer.stat().st_size
 
 
 def test_logit_lens_answer_in_late_layers(tmp_path):

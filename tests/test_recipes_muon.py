@@ -11,6 +11,7 @@ from lmlab.optim.newton_schulz import KELLER, image, reach
 from lmlab.recipes import muon_coefficients
 from lmlab.runs import RunDir
 from tests.conftest import data_file
+from tests.run_events import assert_run_events
 
 pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.slow]  # ~50 s, see conftest
 
@@ -31,6 +32,7 @@ def small_run(tmp_path_factory, shared_data):
     )
     out = RunDir.create("muon-coefficients", tmp_path_factory.mktemp("runs"))
     metrics = muon_coefficients.run(cfg, out)
+    assert_run_events(out.path)
     json.dumps(metrics, default=float)  # what `lmlab run` writes must serialize
     return cfg, metrics, out
 

@@ -15,6 +15,7 @@ from lmlab.cli import main as cli
 from lmlab.packaged import packaged_path
 from lmlab.runs import RunDir
 from tests.conftest import data_file
+from tests.run_events import assert_run_events
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # see tests/conftest.py
 
@@ -29,7 +30,9 @@ def smollm2_installed() -> None:
 def _run(name: str, tmp_path, **kw) -> tuple[dict, RunDir]:
     mod = recipes.get(name)
     out = RunDir.create(name, tmp_path)
-    return mod.run(mod.Config(**kw), out), out
+    metrics = mod.run(mod.Config(**kw), out)
+    assert_run_events(out.path)
+    return metrics, out
 
 
 @pytest.mark.slow

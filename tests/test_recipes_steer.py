@@ -9,6 +9,7 @@ from lmlab import recipes
 from lmlab.packaged import packaged_path
 from lmlab.runs import RunDir
 from tests.conftest import data_file
+from tests.run_events import assert_run_events
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # see tests/conftest.py
 
@@ -23,7 +24,9 @@ def smollm2_installed() -> None:
 def _run(name: str, tmp_path, **kw) -> tuple[dict, RunDir]:
     mod = recipes.get(name)
     out = RunDir.create(name, tmp_path)
-    return mod.run(mod.Config(**kw), out), out
+    metrics = mod.run(mod.Config(**kw), out)
+    assert_run_events(out.path)
+    return metrics, out
 
 
 @pytest.mark.slow  # 1-3 min on a shared 2-core CPU

@@ -17,13 +17,16 @@ from lmlab.model import Transformer
 from lmlab.runs import RunDir
 from lmlab.settings import from_toml
 from tests.conftest import data_file
+from tests.run_events import assert_run_events
 
 
 def _run(name: str, tmp_path, *overrides: str) -> tuple[dict, RunDir]:
     """Run recipe `name` with `--key=value` settings, built as `lmlab run` builds them."""
     mod = recipes.get(name)
     out = RunDir.create(name, tmp_path)
-    return mod.run(from_toml(mod.Config, None, list(overrides)), out), out
+    metrics = mod.run(from_toml(mod.Config, None, list(overrides)), out)
+    assert_run_events(out.path)
+    return metrics, out
 
 
 BLOCK = 32  # block_size of the tiny GPU-recipe runs below

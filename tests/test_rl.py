@@ -23,6 +23,7 @@ from lmlab.rl.tasks.countdown import countdown_correctness, evaluate
 from lmlab.rl.trainer import PREFIX
 from lmlab.tokenizers.char import CharTokenizer
 from lmlab.train import TrainConfig
+from tests.run_events import assert_run_events
 
 TOK = CharTokenizer(CHARS)
 
@@ -415,6 +416,7 @@ def test_recipe_grpo_arithmetic_step_favours_rewarded_completions(tmp_path, monk
     assert 0 <= m["correctness_after"] <= 1 and 0 <= m["format_after"] <= 1
     report = out.file("report.md").read_text()
     assert "| before |" in report and (out.path / "rewards.png").stat().st_size > 1000
+    assert assert_run_events(out.path)["grpo/reward"]
 
 
 @pytest.mark.slow
@@ -431,3 +433,4 @@ def test_recipe_grpo_addition_gains_10_points_in_400_steps(tmp_path):
     assert mod.Config().train.max_steps == 400
     assert m["exact_match_before"] < 0.7 and m["gain_points"] >= 10, m
     assert "Gain:" in out.file("report.md").read_text()
+    assert assert_run_events(out.path)["sft/loss"] and assert_run_events(out.path)["grpo/reward"]

@@ -131,7 +131,7 @@ def test_key_space_value_is_joined_only_where_unambiguous():
     [
         (["--train.lrr=3"], r"unknown config key 'train\.lrr'.*did you mean '--train\.lr'\?"),
         (["--trian.lr=3"], r"unknown config key 'trian'.*did you mean '--train\.lr'\?"),
-        (["--lr=3"], r"unknown config key 'lr'.*did you mean '--train\.lr'\?"),
+        (["--lr=abc"], r"train\.lr='abc' is not a number"),  # flat name of train.lr
         (["--train.lr=abc"], r"train\.lr='abc' is not a number"),
         (["--train.max_steps=1.5"], r"train\.max_steps=1\.5 is not a whole number"),
         (["--train=3"], r"train is a group of settings.*--train\.\w+=VALUE"),

@@ -12,6 +12,7 @@ from lmlab.sparse import SparsePattern, layer_schedule, local_sink_attention, sp
 from lmlab.sparse.attention import masked_attention
 from lmlab.sparse.evaluate import logistic_accuracy, pad_batches, sentence_embeddings
 from lmlab.sparse.masks import attended_fraction
+from tests.run_events import assert_run_events
 
 CLS, SEP, DOT = 101, 102, 1012
 
@@ -162,6 +163,7 @@ def test_recipe_sinks_bring_sparse_embeddings_closer_to_dense(minilm, shared_dat
     )
     out = RunDir.create("sparse-sinks", tmp_path)
     m = recipe.run(cfg, out)
+    assert_run_events(out.path)
     rows = {(r["window"], r["sinks"]): r for r in m["rows"]}
     assert len(rows) == 4
     for k in (2, 8):

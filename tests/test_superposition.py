@@ -19,6 +19,7 @@ from lmlab.toy.superposition import (
     phase_n2m1,
     train_best_of,
 )
+from tests.run_events import assert_run_events
 
 FAST = dict(steps=2000, batch=256, lr=1e-2, progress=False)
 
@@ -105,6 +106,7 @@ def test_recipe_writes_report(tmp_path):
     )
     out = RunDir.create("superposition", tmp_path)
     metrics = recipe.run(cfg, out)
+    assert_run_events(out.path)
     assert len(metrics["n5_m2"]) == 2 and sum(metrics["phase_counts"].values()) == 4
     for f in (
         "report.md",

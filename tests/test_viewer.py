@@ -1,8 +1,10 @@
 """The HTML attention viewer: self-contained, token text escaped, NaN weights drawn grey with a
-note, hostile titles shown as text, reacts to hover in headless Chromium."""
+note, hostile titles shown as text, weights stored as bytes for the picked layers and heads (a
+page under 1 MB for SmolLM2's top layers), reacts to hover in headless Chromium."""
 
 from __future__ import annotations
 
+import base64
 import html as html_lib
 import json
 import re
@@ -12,6 +14,7 @@ import subprocess
 import pytest
 import torch
 
+from lmlab.errors import InputError
 from lmlab.families import preset
 from lmlab.interp.viewer import attention_html, model_viewer, write_viewer
 from lmlab.model import Transformer
@@ -49,6 +52,14 @@ def _not_json(name: str):
     raise ValueError(f"{name} is not valid JSON")
 
 
+def _weights(data: dict) -> torch.Tensor:
+    """The page's weights decoded as its script decodes them: [layers, heads, T, T], NaN for null."""
+    q = torch.tensor(list(base64.b64decode(data["patterns"])), dtype=torch.float32)
+    T = len(data["tokens"])
+    q = q.reshape(len(data["layers"]), len(data["heads"]), T, T)
+    return torch.where(q == 255, float("nan"), q / data["scale"])
+
+
 def nan_patterns() -> torch.Tensor:
     p = patterns()
     p[1, 2, 4, :] = float("nan")  # a whole row (e.g. a fully masked query)
@@ -61,15 +72,39 @@ def test_nan_attention_and_hostile_title_render():
     data = _data_block(page)
     assert data["title"] == HOSTILE_TITLE and data["tokens"] == TOKENS
     assert data["nonfinite"] == len(TOKENS) + 1
-    assert data["patterns"][1][2][4] == [None] * len(TOKENS)
-    assert data["patterns"][0][0][3][1] is None
-    assert data["patterns"][0][0][3][0] == round(float(patterns()[0, 0, 3, 0]), 3)
+    w = _weights(data)
+    assert w[1, 2, 4].isnan().all() and w[0, 0, 3, 1].isnan() and w.isnan().sum() == len(TOKENS) + 1
+    finite = ~w.isnan()
+    assert (w[finite] - patterns()[finite]).abs().max() <= 0.5 / 254 + 1e-7  # one byte per weight
     title = re.search(r"<title>(.*?)</title>", page, re.S).group(1)
     assert html_lib.unescape(title) == HOSTILE_TITLE  # shown as text
     assert page.count("</script>") == 2 and "<script>alert" not in page
     assert 'id="note"' in page and "a === null" in page  # null weights are drawn, with a note
     clean = _data_block(attention_html(TOKENS, patterns()))
-    assert clean["nonfinite"] == 0 and None not in clean["patterns"][1][2][4]
+    assert clean["nonfinite"] == 0 and not _weights(clean).isnan().any()
+
+
+def test_only_picked_layers_and_heads_are_stored():
+    data = _data_block(attention_html(TOKENS, patterns(), layers=[1], heads=[2, 0]))
+    assert data["layers"] == [1] and data["heads"] == [2, 0]
+    w = _weights(data)
+    assert w.shape == (1, 2, len(TOKENS), len(TOKENS))
+    assert torch.allclose(w[0], patterns()[1, [2, 0]], atol=0.5 / 254 + 1e-7)
+    with pytest.raises(InputError, match=r"layers must be .* indices in 0\.\.1"):
+        attention_html(TOKENS, patterns(), layers=[2])
+    with pytest.raises(InputError, match="heads must be a non-empty list"):
+        attention_html(TOKENS, patterns(), heads=[])
+
+
+def test_smollm2_sized_page_stays_under_a_megabyte():
+    """The induction-heads recipe's page: SmolLM2 (30 layers x 9 heads) on 81 tokens, 8 layers kept."""
+    T = 81
+    p = torch.rand(30, 9, T, T).tril()
+    p = p / p.sum(-1, keepdim=True)
+    tokens = [f"r{i}" for i in range(T)]
+    picked = len(attention_html(tokens, p, layers=[0, 2, 3, 4, 5, 7, 9, 12]))
+    assert picked < 1_000_000, picked
+    assert len(attention_html(tokens, p)) < 2_500_000  # every layer: one byte per weight
 
 
 # a stand-in for the few DOM calls the page makes, so Node can run its script without a browser
@@ -103,7 +138,15 @@ console.log(JSON.stringify({title: els["title"].textContent, note: noteEl.textCo
 """
 
 
-def _run_page_script(page: str, tmp_path) -> dict:
+_LABELS = r"""
+els["strip"].children[3].on.mouseenter();
+console.log(JSON.stringify({layers: els["layer"].children.map((o) => o.text),
+  labels: els["grid"].children.map((box) => box.children[0].textContent),
+  row: els["strip"].children.map((s) => s.dataset.attn)}));
+"""
+
+
+def _run_page_script(page: str, tmp_path, report: str = _REPORT) -> dict:
     """Run the page's own script in Node against a fake DOM; returns what it rendered."""
     node = shutil.which("node")
     if node is None:
@@ -111,7 +154,7 @@ def _run_page_script(page: str, tmp_path) -> dict:
     data = re.search(r'<script id="data" type="application/json">(.*?)</script>', page, re.S)
     code = re.search(r"<script>(.*?)</script>", page, re.S)
     (tmp_path / "data.json").write_text(data.group(1))
-    (tmp_path / "page.js").write_text(_FAKE_DOM + code.group(1) + _REPORT)
+    (tmp_path / "page.js").write_text(_FAKE_DOM + code.group(1) + report)
     r = subprocess.run(
         [node, tmp_path / "page.js", tmp_path / "data.json"], capture_output=True, text=True
     )
@@ -128,6 +171,11 @@ def test_page_script_runs_with_nan_weights(tmp_path):
     assert len(out["heights"]) == 3 and out["heights"][2] == ["40px"] * len(TOKENS)
     clean = _run_page_script(attention_html(TOKENS, patterns()), tmp_path)
     assert clean["note"] == "" and "nan" not in clean["first"] + clean["nanRow"]
+    picked = attention_html(TOKENS, patterns(), layers=[1], heads=[2, 0])
+    out = _run_page_script(picked, tmp_path, _LABELS)
+    assert out["layers"] == ["1"] and out["labels"] == ["L1H2", "L1H0"]
+    want = [round(float(w), 3) for w in _weights(_data_block(picked))[0, 0, 3]]
+    assert [float(a) for a in out["row"]] == want and want[:4] != [0.0] * 4
 
 
 def _browser():

@@ -23,8 +23,11 @@ def _stub_tokenizer() -> Any:
     )
 
 
-def boot_bridge(name: str = "smollm2-135m-instruct", *, compatibility: bool = True) -> Any:
-    """TransformerBridge (compatibility mode) on transformers' Llama holding our dequantized weights."""
+def boot_bridge(
+    name: str = "smollm2-135m-instruct", *, compatibility: bool = True, tokenizer: Any = None
+) -> Any:
+    """TransformerBridge (compatibility mode) on transformers' Llama holding our dequantized weights
+    (`tokenizer`: a transformers tokenizer for the text methods; default a stand-in for ids only)."""
     import transformers
     from transformer_lens.model_bridge import TransformerBridge
 
@@ -41,7 +44,7 @@ def boot_bridge(name: str = "smollm2-135m-instruct", *, compatibility: bool = Tr
     hf = transformers.LlamaForCausalLM(cfg).eval()
     hf.load_state_dict(sd)
     bridge = TransformerBridge.boot_transformers(
-        HUB_IDS[name], hf_model=hf, tokenizer=_stub_tokenizer(), device="cpu"
+        HUB_IDS[name], hf_model=hf, tokenizer=tokenizer or _stub_tokenizer(), device="cpu"
     )
     if compatibility:
         bridge.enable_compatibility_mode(disable_warnings=True)

@@ -5,12 +5,7 @@ from __future__ import annotations
 import argparse
 import time
 
-import torch
-
 from lmlab.errors import InputError
-from lmlab.families import preset
-from lmlab.interp.activation_cache import run_with_cache
-from lmlab.model import Transformer
 
 HELP = "build a model preset, run a forward pass with a cache, print hook names and parameters"
 
@@ -23,6 +18,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    import torch
+
+    from lmlab.families import preset
+    from lmlab.interp.activation_cache import run_with_cache
+    from lmlab.model import Transformer
+
     torch.manual_seed(0)
     cfg = preset(args.preset)
     if not 1 <= args.seq <= cfg.max_seq_len:

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
 
+from lmlab.commands._threads import add_threads_argument, setup_threads
 from lmlab.errors import DataError, LmlabError, MissingFileError
 
 HELP = "evaluate a model: perplexity of a text (ppl) or multiple-choice accuracy (choice)"
@@ -27,6 +28,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--batch-size", type=int, default=4, help="windows or endings per forward pass")
     p.add_argument("--json", type=Path, help="also write the result to this JSON file")
+    add_threads_argument(p)
     sub = p.add_subparsers(dest="task", metavar="TASK", required=True)
     ppl = sub.add_parser("ppl", help="perplexity over a text file (sliding window)")
     ppl.add_argument("--text", type=Path, required=True, help="UTF-8 text file")
@@ -53,11 +55,14 @@ def main(args: argparse.Namespace) -> int:
         check_device(args.device)
     if args.task == "ppl":
         text = read_text(args.text, args.max_chars)
+    setup_threads(args.threads)
     model, tok = lmlab.load(args.model, dtype=args.dtype, device=args.device)
     if args.tokenizer:
         tok = load_tokenizer(args.tokenizer)
     if tok is None:
-        raise TokenizerError(f"model {args.model!r} comes without a tokenizer — pass --tokenizer")
+        from lmlab.commands._models import no_tokenizer_hint
+
+        raise TokenizerError(no_tokenizer_hint(args.model))
     check_vocab(tok, model)
     with library_errors():
         if args.task == "ppl":

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from lmlab.commands._threads import add_threads_argument, setup_threads
 from lmlab.config import ConfigError
 from lmlab.errors import LmlabError
 
@@ -92,6 +93,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     c.add_argument("--dtype", default="float32", help="float32 (default), bfloat16 or float16")
     c.add_argument("--seed", type=int, default=123)
+    add_threads_argument(c)
     c.add_argument("--out", default="runs", help="root folder for run folders (default: runs)")
     c.add_argument(
         "--out-dir",
@@ -131,6 +133,7 @@ def main(args: argparse.Namespace) -> int:
         )
         parts = prepare_splits(spec)
         out = _run_dir(args)
+        setup_threads(args.threads)
         model, tok = lmlab.load(args.model, dtype=args.dtype)
         if args.n_layers:
             keep_blocks(model, args.n_layers)

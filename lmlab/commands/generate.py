@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import ast
 import dataclasses
 import sys
-import types
-import typing
+from pathlib import Path
+
+from lmlab.commands._threads import add_threads_argument, setup_threads
 
 HELP = "complete a prompt with a model (greedy, sampling or beam search), streaming the text"
 
@@ -14,8 +16,6 @@ HELP = "complete a prompt with a model (greedy, sampling or beam search), stream
 def add_sampling_arguments(p: argparse.ArgumentParser) -> None:
     """Model and sampling flags shared by `generate` and `chat`; one flag per `SamplingConfig`
     field (its type, default and help), so a new sampling knob is a new flag."""
-    from lmlab.generate.sampling import SamplingConfig
-
     p.add_argument(
         "--model", required=True, help="preset, packaged name, HF folder, .gguf or checkpoint"
     )
@@ -23,24 +23,44 @@ def add_sampling_arguments(p: argparse.ArgumentParser) -> None:
         "--tokenizer", default=None, help="tokenizer source when the model has none (e.g. gpt2)"
     )
     p.add_argument("--max-new-tokens", type=int, default=128)
-    hints = typing.get_type_hints(SamplingConfig)
-    for f in dataclasses.fields(SamplingConfig):
+    for name, kind, default, text in sampling_fields():
         p.add_argument(
-            "--" + f.name.replace("_", "-"), type=_scalar(hints[f.name]), default=f.default,
-            help=f"{f.metadata.get('help', '')} (default: {f.default})",
+            "--" + name.replace("_", "-"), type=kind, default=default,
+            help=f"{text} (default: {default})",
         )  # fmt: skip
     p.add_argument("--seed", type=int, default=None)
+    add_threads_argument(p)
     p.add_argument("--dtype", default=None, help="float32 (default) or bfloat16")
     p.add_argument(
         "--compile", action="store_true", help="decode through torch.compile (slow first call)"
     )
 
 
-def _scalar(hint: object) -> type:
-    """The type a flag parses to: `int | None` -> int."""
-    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
-        (hint,) = [a for a in typing.get_args(hint) if a is not type(None)]
-    return hint
+def sampling_fields() -> list[tuple[str, type, object, str]]:
+    """(name, flag type, default, help) of each `SamplingConfig` field, read from its source with
+    `ast` so that building the flags (and `--help`) does not import torch."""
+    path = Path(__file__).resolve().parent.parent / "generate" / "sampling.py"
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    cls = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "SamplingConfig")
+    out = []
+    for node in cls.body:
+        if not (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)):
+            continue
+        (kind,) = [
+            _TYPES[t.strip()]
+            for t in ast.unparse(node.annotation).split("|")
+            if t.strip() != "None"
+        ]
+        value, text = node.value, ""
+        if isinstance(value, ast.Call) and ast.unparse(value.func) == "field":
+            kw = {k.arg: k.value for k in value.keywords}
+            value = kw["default"]
+            text = ast.literal_eval(kw["metadata"]).get("help", "") if "metadata" in kw else ""
+        out.append((node.target.id, kind, ast.literal_eval(value), text))
+    return out
+
+
+_TYPES = {"float": float, "int": int, "str": str}
 
 
 def sampling_config(args: argparse.Namespace):
@@ -70,16 +90,15 @@ def check_sampling_args(args: argparse.Namespace, num_beams: int = 1) -> None:
 def load_for_generation(args: argparse.Namespace):
     """The model (eval mode) and its tokenizer, or the one `--tokenizer` names."""
     import lmlab
+    from lmlab.commands._models import no_tokenizer_hint
     from lmlab.tokenizers import TokenizerError, check_vocab, load_tokenizer
 
+    setup_threads(args.threads)
     model, tok = lmlab.load(args.model, dtype=args.dtype)
     if args.tokenizer:
         tok = load_tokenizer(args.tokenizer)
     if tok is None:
-        raise TokenizerError(
-            f"model {args.model!r} comes without a tokenizer — pass --tokenizer (a folder with "
-            "tokenizer.json, a .gguf file, or gpt2)"
-        )
+        raise TokenizerError(no_tokenizer_hint(args.model))
     check_vocab(tok, model)
     return model.eval(), tok
 
@@ -104,7 +123,9 @@ def main(args: argparse.Namespace) -> int:
     model, tok = load_for_generation(args)
     prompt = args.prompt
     if args.chat:
-        prompt = tok.apply_chat_template([{"role": "user", "content": prompt}])
+        prompt = tok.apply_chat_template(
+            [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=False
+        )
     ids = tok.encode(prompt, add_special=not args.chat)
     if args.num_beams > 1:
         out = generate(

@@ -5,8 +5,11 @@ from __future__ import annotations
 import argparse
 import json
 from dataclasses import asdict
+from typing import Any
 
-HELP = "RL with verifiable rewards: lmlab rl grpo CONFIG.toml [--key=value ...] [--resume]"
+from lmlab.commands._threads import setup_threads
+
+HELP = "RL with verifiable rewards: lmlab rl grpo CONFIG.toml [--key value ...] [--resume]"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -26,19 +29,36 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "overrides",
         nargs="*",
-        help="--key=value GRPOConfig fields, --train.KEY=value training ones",
+        help="--key value (or --key=value) GRPOConfig fields, --train.KEY value training ones "
+        "(also --KEY when GRPOConfig has no KEY: --lr 3e-5)",
     )
 
 
-def main(args: argparse.Namespace) -> int:
-    from lmlab.rl import GRPOConfig, GRPOTrainer
-    from lmlab.rl.plots import plot_rewards
-    from lmlab.rl.tasks import make_task
-    from lmlab.rl.trainer import check_out_dir
+def setting_type(key: str, words: list[str]) -> Any:
+    """The type of setting `--key` in `GRPOConfig` (for `lmlab.cli`)."""
+    from lmlab.rl import GRPOConfig
+    from lmlab.settings import field_type
+
+    return field_type(GRPOConfig, key)
+
+
+def build_config(args: argparse.Namespace) -> Any:
+    """The checked `GRPOConfig`: defaults, then the TOML file, then the --key settings."""
+    from lmlab.rl import GRPOConfig
     from lmlab.settings import from_toml
 
     cfg = from_toml(GRPOConfig, None if args.config == "defaults" else args.config, args.overrides)
     cfg.validate()
+    return cfg
+
+
+def main(args: argparse.Namespace) -> int:
+    from lmlab.rl import GRPOTrainer
+    from lmlab.rl.plots import plot_rewards
+    from lmlab.rl.tasks import make_task
+    from lmlab.rl.trainer import check_out_dir
+
+    cfg = build_config(args)
     if args.show_config:
         print(json.dumps(asdict(cfg), indent=2))
         return 0
@@ -47,6 +67,7 @@ def main(args: argparse.Namespace) -> int:
 
     resume = args.resume or cfg.train.resume
     check_out_dir(cfg.train.out_dir, resume)  # before the slow model load
+    setup_threads(cfg.train.threads, "--train.threads")
     task = make_task(cfg.task, **cfg.task_options)
     model, tok = lmlab.load(cfg.model)
     if tok is None:

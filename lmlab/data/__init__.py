@@ -4,6 +4,6 @@ Every data source has `get_batch(split, batch_size, generator) -> (x, y)` with `
 no loss is taken; sampling depends only on the generator, so resuming restores the exact stream.
 """
 
-from lmlab.data.tokens import TokenData, TokenDataError, token_dtype, write_tokens
+from lmlab.data.tokens import TokenData, TokenDataError, TokenWriter, token_dtype, write_tokens
 
-__all__ = ["TokenData", "TokenDataError", "token_dtype", "write_tokens"]
+__all__ = ["TokenData", "TokenDataError", "TokenWriter", "token_dtype", "write_tokens"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +12,7 @@ import torch
 
 from lmlab.errors import DataError
 from lmlab.linear_cross_entropy import IGNORE_INDEX  # noqa: F401  (label value the loss skips)
-from lmlab.runs import atomic_write
+from lmlab.runs import atomic_write, tmp_name
 
 
 class TokenDataError(DataError):
@@ -42,6 +43,54 @@ def write_tokens(path: str | Path, ids: Any, dtype: str | np.dtype = "uint16") -
         )
     atomic_write(path, arr.astype(dtype).tobytes())
     return Path(path)
+
+
+class TokenWriter:
+    """Append token ids to a flat `.bin` file chunk by chunk, in bounded memory.
+
+    Writes go to a temporary file in the same folder; `close()` fsyncs and renames it into place,
+    so readers never see half a file. Leaving the `with` block on an error removes the temporary.
+    """
+
+    def __init__(self, path: str | Path, dtype: str | np.dtype = "uint16") -> None:
+        self.path, self.dtype, self.count = Path(path), np.dtype(dtype), 0
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._tmp = self.path.with_name(tmp_name(self.path.name))
+        self._f = open(self._tmp, "wb")  # noqa: SIM115  (closed by close/discard)
+
+    def write(self, ids: Any) -> None:
+        """Append `ids` (any int sequence or array); they must fit the dtype."""
+        arr = np.asarray(ids, dtype=np.int64)
+        if arr.size and (arr.min() < 0 or arr.max() > np.iinfo(self.dtype).max):
+            bad = int(arr.max() if arr.max() > 0 else arr.min())
+            raise TokenDataError(
+                f"token id {bad} does not fit {self.dtype.name} (max {np.iinfo(self.dtype).max}) "
+                f"in {self.path}; write with dtype='uint32' (vocab > 65536)"
+            )
+        self._f.write(arr.astype(self.dtype).tobytes())
+        self.count += int(arr.size)
+
+    def close(self) -> Path:
+        """Flush, fsync and rename the file into place; returns its path."""
+        self._f.flush()
+        os.fsync(self._f.fileno())
+        self._f.close()
+        os.replace(self._tmp, self.path)
+        return self.path
+
+    def discard(self) -> None:
+        """Drop what was written (the final path is left untouched)."""
+        self._f.close()
+        self._tmp.unlink(missing_ok=True)
+
+    def __enter__(self) -> TokenWriter:
+        return self
+
+    def __exit__(self, exc_type: Any, *_: Any) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.discard()
 
 
 def write_meta(folder: str | Path, vocab_size: int, dtype: str | np.dtype, **extra: Any) -> None:

@@ -27,9 +27,9 @@ def sft_example(
         msgs = ([{"role": "system", "content": system}] if system else []) + [
             {"role": "user", "content": prompt}
         ]
-        head = tokenizer.apply_chat_template(msgs, add_generation_prompt=True)
+        head = tokenizer.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
         full = tokenizer.apply_chat_template(
-            [*msgs, {"role": "assistant", "content": response}], add_generation_prompt=False
+            [*msgs, {"role": "assistant", "content": response}], tokenize=False
         )
         if not full.startswith(head):
             raise ValueError(

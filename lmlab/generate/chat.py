@@ -58,8 +58,9 @@ class Chat:
         oldest turns are dropped until it fits the context with room for `max_new_tokens`."""
         ctx, dropped = self.model.cfg.max_seq_len, 0
         while True:
-            text = self.tokenizer.apply_chat_template(self.messages, add_generation_prompt=True)
-            ids = self.tokenizer.encode(text)
+            ids = self.tokenizer.apply_chat_template(
+                self.messages, add_generation_prompt=True, return_dict=False
+            )
             if len(ids) + max_new_tokens - 1 <= ctx or not self._drop_oldest_turn():
                 break
             dropped += 1

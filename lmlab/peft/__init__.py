@@ -1,11 +1,12 @@
 """Parameter-efficient finetuning: LoRA (rsLoRA, DoRA), prompt tuning, prefix tuning, adapters."""
 
 from lmlab.peft.adapters import apply_adapters, remove_adapters
-from lmlab.peft.io import load_lora, save_lora
+from lmlab.peft.io import base_model_id, load_lora, save_lora
 from lmlab.peft.lora import (
     LoraConfig,
     apply_lora,
     lora_layers,
+    match_targets,
     merge_lora,
     remove_lora,
     set_lora_enabled,
@@ -21,8 +22,10 @@ __all__ = [
     "apply_lora",
     "apply_prefix_tuning",
     "apply_prompt_tuning",
+    "base_model_id",
     "load_lora",
     "lora_layers",
+    "match_targets",
     "merge_lora",
     "prompt_kv",
     "remove_adapters",

@@ -18,23 +18,16 @@ import torch
 from safetensors.torch import save
 from torch import nn
 
+from lmlab.config import Config
 from lmlab.errors import InputError, MissingFileError, OverwriteError
-from lmlab.peft.lora import LoraConfig, apply_lora, lora_layers
+from lmlab.packaged import PACKAGED
+from lmlab.peft.lora import LoraConfig, apply_lora, lora_layers, module_name_maps
 from lmlab.runs import recover_folder, replace_folder
 from lmlab.weights.errors import WeightsError
-from lmlab.weights.hf import hf_renames
 from lmlab.weights.hf_folder import read_json, read_safetensors
+from lmlab.weights.hub import looks_like_repo_id
 
 PREFIX = "base_model.model."
-
-
-def module_name_maps(cfg) -> tuple[dict[str, str], dict[str, str]]:
-    """(lmlab -> HF, HF -> lmlab) names of Linear modules that map one to one."""
-    to_hf = {}
-    for hf, ours in hf_renames(cfg).items():
-        if hf.endswith(".weight") and ours.endswith(".weight"):
-            to_hf[ours[: -len(".weight")]] = hf[: -len(".weight")]
-    return to_hf, {v: k for k, v in to_hf.items()}
 
 
 FILES = ("adapter_config.json", "adapter_model.safetensors")
@@ -48,6 +41,9 @@ def save_lora(
     overwrite: bool = False,
 ) -> Path:
     """Write the adapter (only the LoRA tensors) in the HF PEFT layout; returns the folder.
+
+    `base_model_name_or_path` is `base_model_name` if given, else what `base_model_id` finds, so
+    `peft.AutoPeftModelForCausalLM.from_pretrained(folder)` loads the right base model.
 
     `folder` must be new or empty; `overwrite=True` replaces an existing adapter there (other
     files in the folder, such as a README, are kept).
@@ -78,10 +74,10 @@ def save_lora(
     config = {
         "peft_type": "LORA",
         "task_type": "CAUSAL_LM",
-        "base_model_name_or_path": base_model_name or model.cfg.name,
+        "base_model_name_or_path": base_model_name or base_model_id(model.cfg),
         "r": cfg.r,
-        "lora_alpha": cfg.alpha,
-        "lora_dropout": cfg.dropout,
+        "lora_alpha": cfg.lora_alpha,
+        "lora_dropout": cfg.lora_dropout,
         "target_modules": sorted(to_hf[n] for n in layers),
         "use_rslora": cfg.use_rslora,
         "use_dora": cfg.use_dora,
@@ -97,6 +93,21 @@ def save_lora(
         (tmp / "adapter_model.safetensors").write_bytes(save(tensors))
         (tmp / "adapter_config.json").write_text(json.dumps(config, indent=2) + "\n")
     return folder
+
+
+def base_model_id(cfg: Config) -> str:
+    """The name transformers loads this model by: `cfg.extra["hub_id"]`, the hub repository of a
+    packaged model, a hub id it was loaded by, the local HF folder it came from, else `cfg.name`."""
+    if cfg.extra.get("hub_id"):
+        return str(cfg.extra["hub_id"])
+    if cfg.name in PACKAGED:
+        return PACKAGED[cfg.name].hub_repo
+    if looks_like_repo_id(cfg.name):
+        return cfg.name
+    source = Path(str(cfg.extra.get("source", "")))
+    if cfg.extra.get("source") and (source / "config.json").is_file():
+        return str(source.resolve())
+    return cfg.name
 
 
 def _check_folder(folder: Path, overwrite: bool) -> None:
@@ -154,8 +165,8 @@ def load_lora(model: nn.Module, folder: str | Path) -> list[str]:
         modules.setdefault(from_hf[hf_name], {})[m.group(2).split(".")[0]] = v
     lcfg = LoraConfig(
         r=int(hf_cfg["r"]),
-        alpha=float(hf_cfg["lora_alpha"]),
-        dropout=float(hf_cfg.get("lora_dropout", 0.0)),
+        lora_alpha=float(hf_cfg["lora_alpha"]),
+        lora_dropout=float(hf_cfg.get("lora_dropout", 0.0)),
         target_modules=[re.escape(n) for n in sorted(modules)],
         use_rslora=bool(hf_cfg.get("use_rslora", False)),
         use_dora=bool(hf_cfg.get("use_dora", False)),

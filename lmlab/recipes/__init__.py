@@ -7,9 +7,11 @@ CPU defaults, and `run(cfg, out: RunDir) -> dict` that returns the metrics and w
 
 from __future__ import annotations
 
+import ast
 import difflib
 import importlib
 import pkgutil
+from pathlib import Path
 from types import ModuleType
 
 from lmlab.config import ConfigError
@@ -22,6 +24,24 @@ def names() -> list[str]:
         for m in pkgutil.iter_modules(__path__)
         if not m.name.startswith("_")
     )
+
+
+def summaries() -> dict[str, str]:
+    """Each recipe's `SUMMARY`, read from its source without importing it (so `lmlab list` and
+    `lmlab run --help` do not load torch); a summary that is not a plain string is imported."""
+    return {name: _summary(name) for name in names()}
+
+
+def _summary(name: str) -> str:
+    path = Path(__file__).with_name(f"{name.replace('-', '_')}.py")
+    for node in ast.parse(path.read_text(encoding="utf-8")).body:
+        target = node.targets[0] if isinstance(node, ast.Assign) else getattr(node, "target", None)
+        if isinstance(target, ast.Name) and target.id == "SUMMARY" and node.value is not None:
+            try:
+                return str(ast.literal_eval(node.value))
+            except ValueError:
+                break
+    return str(getattr(get(name), "SUMMARY", ""))
 
 
 def get(name: str) -> ModuleType:

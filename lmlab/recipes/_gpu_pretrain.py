@@ -11,6 +11,7 @@ import torch
 from lmlab.config import ConfigError
 from lmlab.runs import RunDir
 from lmlab.train import TrainConfig
+from lmlab.train.logging import log_run
 from lmlab.train.run import train
 
 
@@ -59,9 +60,11 @@ def run_pretrain(cfg: Any, out: RunDir, name: str, prepare_hint: str) -> dict:
 |---|---|
 {settings}
 """)
-    return {
+    metrics = {
         "val_loss": final.get("val_loss"),
         "tok_s": tok_s,
         "mfu": mfu,
         "steps": final.get("step"),
     }
+    log_run(out.path, metrics, {"train": res.history})
+    return metrics

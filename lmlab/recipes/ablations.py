@@ -15,6 +15,7 @@ from lmlab.data.tokens import TokenData
 from lmlab.recipes import shakespeare_char
 from lmlab.runs import RunDir
 from lmlab.train import TrainConfig
+from lmlab.train.logging import log_run
 from lmlab.train.plots import plot_runs
 
 SUMMARY = "GPT variants (MQA, SwiGLU, RoPE, QuickGELU, residual scaling) for equal steps: val loss, params, tok/s"
@@ -105,4 +106,5 @@ logging intervals (CPU, shared machine: compare within this run only).
 ![val loss](val_loss.png)
 ![final](ablations.png)
 """)
+    log_run(out.path, results, histories)
     return results

@@ -16,6 +16,7 @@ from lmlab.interp.models import load_model
 from lmlab.runs import RunDir
 from lmlab.steer import SteeringVector, actadd
 from lmlab.steer.metrics import MiniLMJudge, lexicon_positive
+from lmlab.train.logging import log_run
 
 SUMMARY = (
     "ActAdd: steer SmolLM2 toward positive text with a Love - Hate pair; coefficient/layer sweep"
@@ -207,4 +208,5 @@ def run(cfg: Config, out: RunDir) -> dict:
         ],
     ]
     out.write_report("\n".join(lines) + "\n")
+    log_run(out.path, metrics)
     return metrics

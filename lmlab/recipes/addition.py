@@ -11,6 +11,7 @@ from lmlab.data.tasks import AdditionTask
 from lmlab.model import Transformer
 from lmlab.runs import RunDir
 from lmlab.train import TrainConfig, Trainer
+from lmlab.train.logging import log_run
 from lmlab.train.plots import plot_loss
 
 SUMMARY = (
@@ -92,10 +93,12 @@ Samples (answers shown in normal digit order):
 
 ![loss](loss.png)
 """)
-    return {
+    metrics = {
         "test_exact_match": acc,
         "steps": steps,
         "seconds": seconds,
         "params": n_params,
         "samples": samples,
     }
+    log_run(out.path, metrics, {"train": history})
+    return metrics

@@ -1,8 +1,11 @@
 """GPT-OSS-style 588M mixture-of-experts model (352M active) from scratch: a one-GPU recipe.
 
 This module is the one definition of the run: `lmlab run gpt-oss-588m` (`--train.parallel=fsdp`
-under torchrun to shard parameters and optimizer state across GPUs). Shards:
+under torchrun to shard parameters and optimizer state across GPUs). Shards, with gpt-oss's own
+tokenizer (needs `o200k_base.tiktoken` in `$LMLAB_DATA`, or the network to fetch it once):
 `python -m lmlab.data.prepare corpus/*.jsonl --out data/fineweb_o200k --tokenizer o200k_harmony`.
+Offline without that file, `prepare_hint` names GPT-2's tokenizer instead (the model takes its
+vocabulary from the data, so both work).
 """
 
 from __future__ import annotations
@@ -38,6 +41,20 @@ def default_train() -> TrainConfig:
     )
 
 
+def prepare_hint(data: str) -> str:
+    """The data-prep command for `data`: o200k_harmony when its rank file is here (or can be
+    fetched), else GPT-2's tokenizer from `data_dir()/gpt2.tiktoken` with a note saying why."""
+    from lmlab.tokenizers.o200k import RANKS_FILE, find_ranks, offline
+
+    cmd = f"python -m lmlab.data.prepare corpus/*.jsonl --out {data} --tokenizer"
+    if find_ranks() is not None or not offline():
+        return f"{cmd} o200k_harmony"
+    return (
+        f"{cmd} gpt2; offline with no {RANKS_FILE} here, GPT-2's tokenizer stands in for "
+        f"gpt-oss's o200k_harmony (put {RANKS_FILE} in $LMLAB_DATA to use that)"
+    )
+
+
 @dataclass
 class Config:
     train: TrainConfig = field(default_factory=default_train)
@@ -49,5 +66,5 @@ def run(cfg: Config, out: RunDir) -> dict:
         cfg,
         out,
         "gpt-oss-588m",
-        f"python -m lmlab.data.prepare corpus/*.jsonl --out {cfg.train.data} --tokenizer o200k_harmony",
+        prepare_hint(cfg.train.data),
     )

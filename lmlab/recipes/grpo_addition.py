@@ -17,6 +17,7 @@ from lmlab.rl.tasks import RLTask
 from lmlab.runs import RunDir
 from lmlab.tokenizers.char import CharTokenizer
 from lmlab.train import TrainConfig, Trainer
+from lmlab.train.logging import log_run
 from lmlab.train.plots import plot_loss
 
 SUMMARY = "an under-trained 3-digit addition GPT gains >= 20 points of exact match from GRPO alone"
@@ -145,6 +146,8 @@ After: {", ".join(samples_after)}
 
 ![rewards](rewards.png)
 """)
-    return {"exact_match_before": before, "exact_match_after": after, "gain_points": gain,
+    metrics = {"exact_match_before": before, "exact_match_after": after, "gain_points": gain,
             "grpo_seconds": t_grpo, "sft_seconds": t_sft,
             "final_reward": history[-1]["reward"]}  # fmt: skip
+    log_run(out.path, metrics, {"sft": sft_history, "grpo": history})
+    return metrics

@@ -13,6 +13,7 @@ from lmlab.rl.plots import plot_rewards
 from lmlab.rl.tasks import ArithmeticTask
 from lmlab.runs import RunDir
 from lmlab.train import TrainConfig
+from lmlab.train.logging import log_run
 
 SUMMARY = "GRPO teaches SmolLM2-135M-Instruct the <answer> format and lifts word-problem accuracy"
 
@@ -98,6 +99,8 @@ After:
 
 ![rewards](rewards.png)
 """)
-    return {"correctness_before": before[c], "correctness_after": after[c], "gain": gain,
+    metrics = {"correctness_before": before[c], "correctness_after": after[c], "gain": gain,
             "format_before": before[f], "format_after": after[f], "minutes": total / 60,
             "train_seconds": t2 - t1}  # fmt: skip
+    log_run(out.path, metrics, {"grpo": history})
+    return metrics

@@ -25,6 +25,7 @@ from lmlab.model import Transformer
 from lmlab.recipes._toy import fit, toy_train_config
 from lmlab.runs import RunDir
 from lmlab.train import TrainConfig
+from lmlab.train.logging import log_run
 
 SUMMARY = "2-layer attention-only model on repeated random tokens: induction-head phase change"
 
@@ -240,6 +241,7 @@ def run(cfg: Config, out: RunDir) -> dict:
     }
     metrics["total_seconds"] = time.perf_counter() - t0
     out.write_report(_report(cfg, metrics, final, kcomp, qcomp, vcomp))
+    log_run(out.path, metrics, {"train": hist})
     return metrics
 
 

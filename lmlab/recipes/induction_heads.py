@@ -11,6 +11,7 @@ from lmlab.interp.activation_cache import run_with_cache
 from lmlab.interp.models import load_model
 from lmlab.interp.viewer import write_viewer
 from lmlab.runs import RunDir
+from lmlab.train.logging import log_run
 
 SUMMARY = "induction / previous-token / duplicate / sink head scores for every SmolLM2-135M head, plots, viewer"
 
@@ -52,7 +53,13 @@ def run(cfg: Config, out: RunDir) -> dict:
     viz.plot_pattern(
         pats[best.layer, best.head], labels, out.file("best_head_pattern.png"), f"{best} induction"
     )
-    write_viewer(out.file("viewer.html"), labels, pats, f"{cfg.model} on repeated random tokens")
+    write_viewer(  # the layers of the top heads keep the page small (< 1 MB for SmolLM2)
+        out.file("viewer.html"),
+        labels,
+        pats,
+        f"{cfg.model} on repeated random tokens",
+        layers=sorted({h.layer for h in top}),
+    )
     metrics = {
         "top_induction": [{"layer": h.layer, "head": h.head, "score": h.score} for h in top],
         "n_induction_heads_above_0.4": int((ind >= 0.4).sum()),
@@ -82,7 +89,8 @@ def run(cfg: Config, out: RunDir) -> dict:
         "![](best_head_pattern.png)",
         "![](previous_token_scores.png)",
         "",
-        "Open `viewer.html` to hover tokens.",
+        "Open `viewer.html` to hover tokens (the layers of the top induction heads).",
     ]
     out.write_report("\n".join(lines) + "\n")
+    log_run(out.path, metrics)
     return metrics

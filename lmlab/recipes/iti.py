@@ -16,6 +16,7 @@ from lmlab.interp.models import load_model
 from lmlab.paths import data_dir
 from lmlab.runs import RunDir
 from lmlab.steer import iti
+from lmlab.train.logging import log_run
 
 SUMMARY = "ITI: per-head truth probes on SmolLM2, top-K heads steered, true-vs-false margin and perplexity"
 
@@ -230,4 +231,5 @@ def run(cfg: Config, out: RunDir) -> dict:
         "![](iti_sweep.png)",
     ]
     out.write_report("\n".join(lines) + "\n")
+    log_run(out.path, metrics)
     return metrics

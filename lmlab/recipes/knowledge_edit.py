@@ -16,6 +16,7 @@ from lmlab.paths import data_dir
 from lmlab.runs import RunDir
 from lmlab.steer.edit import injection_edit, next_token_probs
 from lmlab.steer.rome import key_covariance, rome_edit
+from lmlab.train.logging import log_run
 
 SUMMARY = (
     "knowledge edit: make SmolLM2 say the Eiffel Tower is in Rome (gradient injection vs ROME)"
@@ -295,4 +296,5 @@ def run(cfg: Config, out: RunDir) -> dict:
         "![](injection_sweep.png)",
     ]
     out.write_report("\n".join(lines) + "\n")
+    log_run(out.path, metrics)
     return metrics

@@ -9,6 +9,7 @@ import torch
 from lmlab.interp import lens, viz
 from lmlab.interp.models import load_model
 from lmlab.runs import RunDir
+from lmlab.train.logging import log_run
 
 SUMMARY = "logit lens: each SmolLM2 layer's top next-token guesses for a prompt, table and plot"
 
@@ -49,4 +50,5 @@ def run(cfg: Config, out: RunDir) -> dict:
         "![](logit_lens.png)",
     ]
     out.write_report("\n".join(report) + "\n")
+    log_run(out.path, metrics)
     return metrics

@@ -22,6 +22,7 @@ from lmlab.model import Transformer
 from lmlab.recipes._toy import fit, toy_train_config
 from lmlab.runs import RunDir
 from lmlab.train import TrainConfig
+from lmlab.train.logging import log_run
 
 SUMMARY = "1-layer attention-only model takes the max of a list; QK prefers large tokens, OV copies"
 
@@ -198,6 +199,7 @@ def run(cfg: Config, out: RunDir) -> dict:
         "threads": cfg.train.threads,
     }
     out.write_report(_report(cfg, metrics, heads, best))
+    log_run(out.path, metrics, {"train": hist})
     return metrics
 
 

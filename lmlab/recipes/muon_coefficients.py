@@ -35,6 +35,7 @@ from lmlab.optim.newton_schulz import (
 )
 from lmlab.runs import RunDir
 from lmlab.tokenizers import CharTokenizer
+from lmlab.train.logging import log_run
 
 SUMMARY = "max-slope quintic Newton-Schulz coefficients per symmetric band 1±δ; Keller's position; bf16 errors on real gradients"
 
@@ -108,6 +109,7 @@ def run(cfg: Config, out: RunDir) -> dict:
         "seconds": seconds,
     }
     out.write_report(_report(cfg, metrics, grads))
+    log_run(out.path, metrics)
     return metrics
 
 

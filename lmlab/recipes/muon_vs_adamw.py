@@ -16,6 +16,7 @@ from lmlab.optim import ADAMW_LR_RATIO
 from lmlab.recipes import shakespeare_char
 from lmlab.runs import RunDir
 from lmlab.train import TrainConfig
+from lmlab.train.logging import log_run
 
 SUMMARY = "Muon vs AdamW on shakespeare-char: lr sweep for each, loss curves, final val losses"
 
@@ -100,7 +101,7 @@ Total wall time {seconds:.0f} s on this machine.
 
 ![loss curves](loss_curves.png)
 """)
-    return {
+    metrics = {
         "adamw_best_lr": lr_a,
         "adamw_best_val_loss": ra["val_loss"],
         "muon_best_lr": lr_m,
@@ -108,6 +109,8 @@ Total wall time {seconds:.0f} s on this machine.
         "seconds": seconds,
         "sweep": {f"{o}_lr{lr:g}": r["val_loss"] for (o, lr), r in runs.items()},
     }
+    log_run(out.path, metrics, {f"{o}_lr{lr:g}": r["history"] for (o, lr), r in runs.items()})
+    return metrics
 
 
 def _plot(runs: dict, best: dict, path) -> None:

@@ -13,6 +13,7 @@ from lmlab.finetune.memory import PeakMemory
 from lmlab.finetune.pipeline import sms_spam_splits
 from lmlab.runs import RunDir
 from lmlab.train import TrainConfig
+from lmlab.train.logging import log_run
 
 SUMMARY = "LoRA, prompt/prefix tuning, Houlsby/Pfeiffer adapters, last block on SMS spam: params vs formula, acc, time, memory"
 
@@ -192,11 +193,13 @@ def run(cfg: Config, out: RunDir) -> dict:
         )
     _plot(rows, out)
     out.write_report(_report(cfg, rows, parts))
-    return {
+    metrics = {
         "config": asdict(cfg),
         "rows": rows,
         "all_counts_match": all(r["matches"] for r in rows),
     }
+    log_run(out.path, metrics, {r["method"]: r["history"] for r in rows})
+    return metrics
 
 
 def table(rows: list[dict]) -> str:

@@ -13,6 +13,7 @@ from lmlab.recipes import shakespeare_char
 from lmlab.runs import RunDir
 from lmlab.tokenizers import CharTokenizer
 from lmlab.train import TrainConfig
+from lmlab.train.logging import log_run
 from lmlab.train.plots import plot_runs
 
 SUMMARY = "pretrain on a local SMS corpus, finetune on Shakespeare: beats from-scratch at the same finetune budget"
@@ -118,10 +119,14 @@ The finetuned model's Shakespeare val loss is **{verdict}** the from-scratch mod
 
 Total time {seconds:.0f} s.
 """)
-    return {
+    metrics = {
         "finetuned_val_loss": ft[-1]["val_loss"],
         "scratch_val_loss": sc[-1]["val_loss"],
         "pretrain_val_loss": pre_val,
         "vocab_size": vocab.vocab_size,
         "seconds": seconds,
     }
+    log_run(
+        out.path, metrics, {"pretrain": pre_hist, "finetune": fine_hist, "scratch": scratch_hist}
+    )
+    return metrics

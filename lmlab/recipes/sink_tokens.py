@@ -10,6 +10,7 @@ from lmlab.interp import sinks, viz
 from lmlab.interp.models import load_model
 from lmlab.paths import data_dir
 from lmlab.runs import RunDir
+from lmlab.train.logging import log_run
 
 SUMMARY = "attention sinks: share of attention on the first token per layer, top sink tokens (MiniLM, SmolLM2)"
 
@@ -105,4 +106,5 @@ def run(cfg: Config, out: RunDir) -> dict:
     )
     lines.append("![](first_token_share.png)")
     out.write_report("\n".join(lines) + "\n")
+    log_run(out.path, metrics)
     return metrics

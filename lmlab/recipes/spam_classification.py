@@ -10,6 +10,7 @@ from lmlab.finetune.pipeline import classify_and_report, sms_spam_splits
 from lmlab.finetune.truncate import keep_blocks
 from lmlab.runs import RunDir
 from lmlab.train import TrainConfig
+from lmlab.train.logging import log_run
 
 SUMMARY = "SMS spam classification: SmolLM2-135M-Instruct (or GPT-2) + head on the last token, balanced 70/10/20"
 
@@ -87,4 +88,5 @@ def run(cfg: Config, out: RunDir) -> dict:
     print(
         f"spam-classification: test accuracy {res.test.accuracy:.2%} in {metrics['seconds']:.0f} s"
     )
+    log_run(out.path, metrics, {"train": res.history})
     return metrics

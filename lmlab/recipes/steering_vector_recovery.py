@@ -14,6 +14,7 @@ from lmlab.interp.models import load_model
 from lmlab.runs import RunDir
 from lmlab.steer.metrics import corpus_bleu, sentence_bleu
 from lmlab.steer.optimize import greedy_recover, optimize_vectors
+from lmlab.train.logging import log_run
 
 SUMMARY = (
     "steering-vector recovery: optimize z so SmolLM2 greedily decodes 20 target sentences exactly"
@@ -123,4 +124,5 @@ def run(cfg: Config, out: RunDir) -> dict:
         "![](recovery.png)",
     ]
     out.write_report("\n".join(lines) + "\n")
+    log_run(out.path, metrics)
     return metrics

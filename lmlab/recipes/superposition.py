@@ -18,6 +18,7 @@ from lmlab.toy.superposition import (
     phase_diagram,
     train_best_of,
 )
+from lmlab.train.logging import log_run
 
 SUMMARY = (
     "toy models of superposition: n=5,m=2 sweep, n=20,m=5, n=200,m=20 geometry, n=2,m=1 phases"
@@ -143,4 +144,5 @@ def run(cfg: Config, out: RunDir) -> dict:
         "![](phase_n2_m1.png)",
     ]
     out.write_report("\n".join(lines))
+    log_run(out.path, metrics)
     return metrics

@@ -25,6 +25,7 @@ from lmlab.model import Transformer
 from lmlab.recipes._toy import fit, toy_train_config
 from lmlab.runs import RunDir
 from lmlab.train import TrainConfig
+from lmlab.train.logging import log_run
 
 SUMMARY = (
     "1-layer transformer on a sparse trigram language: previous-token head + MLP neurons, ablated"
@@ -228,6 +229,7 @@ def run(cfg: Config, out: RunDir) -> dict:
     }
     metrics["total_seconds"] = time.perf_counter() - t0
     out.write_report(_report(cfg, metrics))
+    log_run(out.path, metrics, {"train": hist})
     return metrics
 
 

@@ -132,7 +132,9 @@ class GRPOTrainer:
             for q, a in self.task.shots:
                 msgs += [{"role": "user", "content": q}, {"role": "assistant", "content": a}]
             msgs.append({"role": "user", "content": row["prompt"]})
-            return self.tokenizer.apply_chat_template(msgs, add_generation_prompt=True)
+            return self.tokenizer.apply_chat_template(
+                msgs, add_generation_prompt=True, tokenize=False
+            )
         shots = "".join(f"{q}\n{a}\n" for q, a in self.task.shots)
         return f"{system}\n{shots}{row['prompt']}\n" if system else shots + row["prompt"]
 

@@ -5,20 +5,15 @@ from __future__ import annotations
 import json
 from abc import ABC, abstractmethod
 from collections.abc import Iterable
-from datetime import datetime
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from lmlab.errors import LmlabError
+from lmlab.tokenizers.chat_template import check_keywords, render_conversation, to_output
+from lmlab.tokenizers.errors import TokenizerError
 
 MANIFEST = (
     "lmlab_tokenizer.json"  # written by `save`, names the kind so `load_tokenizer` can read it
 )
-
-
-class TokenizerError(LmlabError, ValueError):
-    """A tokenizer file, name or vocabulary lmlab cannot use; the message says what and the fix."""
 
 
 class Tokenizer(ABC):
@@ -84,22 +79,63 @@ class Tokenizer(ABC):
         return names.get(i) or self.id_to_bytes(i).decode("utf-8", "replace")
 
     def apply_chat_template(
-        self, messages: list[dict[str, Any]], add_generation_prompt: bool = True, **extra: Any
-    ) -> str:
-        """Render `messages` ([{"role", "content"}]) with this tokenizer's Jinja chat template."""
-        if not self.chat_template:
+        self,
+        conversation: list[dict[str, Any]] | list[list[dict[str, Any]]],
+        *,
+        tools: list[dict[str, Any]] | None = None,
+        documents: list[dict[str, Any]] | None = None,
+        chat_template: str | None = None,
+        add_generation_prompt: bool = False,
+        continue_final_message: bool = False,
+        tokenize: bool = True,
+        return_tensors: str | None = None,
+        return_dict: bool = True,
+        **kwargs: Any,
+    ) -> Any:
+        """Render `conversation` with the chat template, as transformers (v5) does.
+
+        Defaults match transformers: token ids (`tokenize=True`) in a dict with `input_ids` and
+        `attention_mask` (`return_dict=True`), no assistant opener (`add_generation_prompt=False`).
+        `tokenize=False` gives the text; `return_tensors="pt"` a [1, T] tensor ([B, T] for a list of
+        conversations). Other keywords are template variables and must be read by the template.
+        """
+        template = chat_template or self.chat_template
+        if not template:
             raise TokenizerError(
                 f"{type(self).__name__} has no chat template; set `tokenizer.chat_template` to a "
                 "Jinja template string (e.g. copied from the model's tokenizer_config.json)"
             )
-        return render_chat_template(
-            self.chat_template,
-            messages,
-            add_generation_prompt=add_generation_prompt,
-            bos_token=self.token_name(self.bos_id) or "",
-            eos_token=self.token_name(self.eos_id) or "",
-            pad_token=self.token_name(self.pad_id) or "",
-            **extra,
+        if continue_final_message and add_generation_prompt:
+            raise TokenizerError(
+                "continue_final_message and add_generation_prompt exclude each other: continue the "
+                "last message, or open a new assistant turn"
+            )
+        check_keywords(template, kwargs)
+        batched = bool(conversation) and isinstance(conversation[0], list | tuple)
+        chats = [list(c) for c in conversation] if batched else [conversation]
+        variables = {
+            "bos_token": self.token_name(self.bos_id) or "",
+            "eos_token": self.token_name(self.eos_id) or "",
+            "pad_token": self.token_name(self.pad_id) or "",
+            "tools": tools,
+            "documents": documents,
+            **kwargs,
+        }
+        texts = [
+            render_conversation(
+                template,
+                chat,  # type: ignore[arg-type]
+                add_generation_prompt=add_generation_prompt,
+                continue_final_message=continue_final_message,
+                **variables,
+            )
+            for chat in chats
+        ]
+        if not tokenize:
+            return texts if batched else texts[0]
+        ids = [self.encode(t, add_special=False) for t in texts]
+        return to_output(
+            ids, batched=batched, return_tensors=return_tensors, return_dict=return_dict
         )
 
     def __len__(self) -> int:
@@ -120,46 +156,6 @@ def unknown_id(i: object, vocab_size: int) -> TokenizerError:
     return TokenizerError(
         f"token id {i} is outside this vocabulary of {vocab_size} ids (0..{vocab_size - 1}) — "
         "use the tokenizer the ids came from"
-    )
-
-
-def _raise(message: str) -> None:
-    raise TokenizerError(f"chat template error: {message}")
-
-
-def _tojson(x: Any, indent: int | None = None, **_: Any) -> str:
-    return json.dumps(x, ensure_ascii=False, indent=indent)
-
-
-@lru_cache(maxsize=16)
-def _compile(template: str) -> Any:
-    from jinja2.ext import loopcontrols
-    from jinja2.sandbox import ImmutableSandboxedEnvironment
-
-    # Same environment settings as Hugging Face chat templates expect (trim/lstrip blocks).
-    env = ImmutableSandboxedEnvironment(
-        trim_blocks=True, lstrip_blocks=True, extensions=[loopcontrols]
-    )
-    env.filters["tojson"] = _tojson
-    env.globals["raise_exception"] = _raise
-    env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
-    return env.from_string(template)
-
-
-def render_chat_template(
-    template: str,
-    messages: list[dict[str, Any]],
-    *,
-    add_generation_prompt: bool = True,
-    **variables: Any,
-) -> str:
-    """Render a Jinja chat template in a sandbox, with `raise_exception` and loop controls."""
-    if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
-        raise TokenizerError(
-            f"messages must be a list of dicts like {{'role': 'user', 'content': 'hi'}}, got {messages!r:.80}"
-        )
-    return _compile(template).render(
-        messages=messages, add_generation_prompt=add_generation_prompt, **variables
     )
 
 

@@ -8,7 +8,7 @@ from typing import Any
 
 from lmlab.tokenizers.base import MANIFEST, Tokenizer, TokenizerError
 
-KINDS = ("bpe", "char", "hf", "tiktoken")
+KINDS = ("bpe", "char", "hf", "tiktoken", "o200k_harmony")
 
 
 def _from_folder(folder: Path) -> Tokenizer:
@@ -32,6 +32,10 @@ def _from_folder(folder: Path) -> Tokenizer:
             from lmlab.tokenizers.tiktoken_gpt2 import FILE, TiktokenTokenizer
 
             return TiktokenTokenizer(folder / FILE)
+        if kind == "o200k_harmony":
+            from lmlab.tokenizers.o200k import RANKS_FILE, HarmonyTokenizer
+
+            return HarmonyTokenizer(folder / RANKS_FILE)
         if kind != "hf":
             raise TokenizerError(f"{manifest} names tokenizer kind {kind!r}; known kinds: {KINDS}")
     if (folder / "tokenizer.json").is_file():
@@ -52,6 +56,10 @@ def _from_file(path: Path) -> Tokenizer:
         from lmlab.tokenizers.gguf_vocab import gguf_tokenizer
 
         return gguf_tokenizer(path)
+    if path.name == "o200k_base.tiktoken":
+        from lmlab.tokenizers.o200k import HarmonyTokenizer
+
+        return HarmonyTokenizer(path)
     if path.suffix == ".tiktoken":
         from lmlab.tokenizers.tiktoken_gpt2 import TiktokenTokenizer
 
@@ -67,13 +75,18 @@ def _from_file(path: Path) -> Tokenizer:
 
 
 def load_tokenizer(source: str | Path | Tokenizer) -> Tokenizer:
-    """A tokenizer from "gpt2", a packaged model name, a folder, a `.gguf`/`.tiktoken`/tokenizer.json file."""
+    """A tokenizer from "gpt2", "o200k_harmony", a packaged model name, a folder, a
+    `.gguf`/`.tiktoken`/tokenizer.json file."""
     if isinstance(source, Tokenizer):
         return source
     if str(source) == "gpt2":
         from lmlab.tokenizers.tiktoken_gpt2 import gpt2_tiktoken
 
         return gpt2_tiktoken()
+    if str(source) == "o200k_harmony":
+        from lmlab.tokenizers.o200k import o200k_harmony
+
+        return o200k_harmony()
     path = Path(source).expanduser()
     if path.is_dir():
         return _from_folder(path)
@@ -90,7 +103,7 @@ def load_tokenizer(source: str | Path | Tokenizer) -> Tokenizer:
         return _from_folder(p) if p.is_dir() else _from_file(p)
     raise TokenizerError(
         f"unknown tokenizer {str(source)!r}: not an existing file or folder, and not one of the names "
-        f"{['gpt2', *sorted(PACKAGED)]}; pass a folder with tokenizer.json, a .gguf or .tiktoken file, "
+        f"{['gpt2', 'o200k_harmony', *sorted(PACKAGED)]}; pass a folder with tokenizer.json, a .gguf or .tiktoken file, "
         "or a folder saved with tokenizer.save(folder)"
     )
 

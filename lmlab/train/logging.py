@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import json
+import math
+import numbers
 import os
 import re
+import sys
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +56,26 @@ def peak_flops(device: torch.device, dtype: str) -> float:
     return torch.get_num_threads() * mhz * 1e6 * per_cycle
 
 
+TB_MISSING = (
+    "TensorBoard events skipped: the `tensorboard` package is not installed "
+    "(pip install 'lmlab[tensorboard]'); metrics.jsonl is still written"
+)
+_said_missing = False
+
+
+def _summary_writer() -> Any:
+    """torch's `SummaryWriter` class, or None (saying so once) when `tensorboard` is absent."""
+    global _said_missing
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        if not _said_missing:
+            print(TB_MISSING, file=sys.stderr)
+            _said_missing = True
+        return None
+    return SummaryWriter
+
+
 class MetricsLog:
     """Writes `metrics.jsonl` (and TensorBoard events under `tb/`) in `out_dir` on the main rank."""
 
@@ -78,33 +102,90 @@ class MetricsLog:
         elif not start_step:
             self.path.write_text("")
         if tensorboard:
-            from torch.utils.tensorboard import SummaryWriter
+            writer = _summary_writer()
+            if writer is not None:
+                self.tb = writer(
+                    str(Path(out_dir) / "tb"), purge_step=start_step + 1 if start_step else None
+                )
 
-            self.tb = SummaryWriter(
-                str(Path(out_dir) / "tb"), purge_step=start_step + 1 if start_step else None
-            )
-
-    def write(self, record: dict[str, Any]) -> None:
+    def write(self, *records: Mapping[str, Any]) -> None:
+        """Append `records` (one JSON line each, synced once); numbers become TensorBoard
+        scalars at the record's `step`, tagged `phase/key` when the record has a `phase`."""
         if not self.enabled:
             return
         with open(self.path, "a") as f:
-            f.write(json.dumps(record) + "\n")
+            f.write("".join(json.dumps(r, default=str) + "\n" for r in records))
             f.flush()
             os.fsync(f.fileno())
         if self.tb is not None:
-            for k, v in record.items():
-                if k != "step" and isinstance(v, (int, float)):
-                    self.tb.add_scalar(k, v, record["step"])
+            for record in records:
+                phase = record.get("phase")
+                for k, v in record.items():
+                    if k != "step" and isinstance(v, (int, float)):
+                        self.tb.add_scalar(f"{phase}/{k}" if phase else k, v, record["step"])
 
     def close(self) -> None:
         if self.tb is not None:
             self.tb.close()
 
 
-class Progress:
-    """tqdm bar over steps showing loss, tokens/s and MFU; tqdm itself shows the ETA."""
+def scalars(metrics: Mapping[str, Any], prefix: str = "", limit: int = 1000) -> dict[str, float]:
+    """The finite numbers of a nested metrics dict, keyed `a/b/0/c`, at most `limit` of them;
+    `history` lists (logged as steps) and `config` settings are skipped."""
+    out: dict[str, float] = {}
 
-    def __init__(self, total: int, initial: int, enabled: bool, desc: str = "train") -> None:
+    def walk(value: Any, key: str) -> None:
+        if len(out) >= limit:
+            return
+        if isinstance(value, numbers.Real) and math.isfinite(value):
+            out[key] = float(value)
+        elif isinstance(value, Mapping):
+            for k, v in value.items():
+                if k not in ("history", "config"):
+                    walk(v, f"{key}/{k}" if key else str(k))
+        elif isinstance(value, Sequence) and not isinstance(value, str | bytes):
+            for i, v in enumerate(value):
+                walk(v, f"{key}/{i}" if key else str(i))
+
+    walk(metrics, prefix)
+    return out
+
+
+def log_run(
+    out_dir: str | Path,
+    metrics: Mapping[str, Any],
+    histories: Mapping[str, Sequence[Mapping[str, Any]]] | None = None,
+) -> Path:
+    """Write a finished run's numbers to `out_dir/metrics.jsonl` and TensorBoard events (`tb/`).
+
+    `histories` maps a phase name (the TensorBoard tag prefix) to step records such as a
+    `Trainer`'s history; `metrics` (the headline numbers, nested dicts allowed) go in as phase
+    `final` at the last step. Returns the JSONL path.
+    """
+    records = [
+        {"phase": phase, **rec}
+        for phase, recs in (histories or {}).items()
+        for rec in recs
+        if "step" in rec
+    ]
+    last = max((int(r["step"]) for r in records), default=0)
+    log = MetricsLog(out_dir)
+    try:
+        log.write(*records, {"step": last, "phase": "final", **scalars(metrics)})
+    finally:
+        log.close()
+    return log.path
+
+
+class Progress:
+    """tqdm bar over steps showing loss, tokens/s and MFU; tqdm itself shows the ETA.
+
+    Lines passed to `write` print only when `main` (rank 0 under torchrun)."""
+
+    def __init__(
+        self, total: int, initial: int, enabled: bool, desc: str = "train", main: bool = True
+    ) -> None:
+        self.main = main
         self.bar = tqdm(
             total=total,
             initial=initial,
@@ -133,7 +214,8 @@ class Progress:
         self.bar.update(n)
 
     def write(self, text: str) -> None:
-        self.bar.write(text)
+        if self.main:
+            self.bar.write(text)
 
     def close(self) -> None:
         self.bar.close()

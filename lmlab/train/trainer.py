@@ -272,7 +272,7 @@ class Trainer:
         log = MetricsLog(
             self.out_dir or ".", d.main and self.out_dir is not None, cfg.tensorboard, self.step
         )
-        bar = Progress(cfg.max_steps, self.step, cfg.progress and d.main, _name(task))
+        bar = Progress(cfg.max_steps, self.step, cfg.progress and d.main, _name(task), d.main)
         mfu = hasattr(task, "flops_per_token")
         peak = (cfg.peak_flops or peak_flops(d.device, cfg.dtype)) * d.world if mfu else 0.0
         self.net.train()
