@@ -20,14 +20,10 @@ def setup_threads(given: int = 0, source: str = "--threads") -> int:
     if given < 0:
         raise InputError(f"{source}={given} must be >= 1 (or 0 for the measured default)")
     if given:
-        torch.set_num_threads(given)
         n, why = given, source
-    elif (choose := getattr(devices, "default_threads", None)) is not None:
-        n, why = choose()  # it reads LMLAB_THREADS / OMP_NUM_THREADS first
-        torch.set_num_threads(n)
     else:
-        n = torch.get_num_threads()
-        why = "OMP_NUM_THREADS" if os.environ.get("OMP_NUM_THREADS") else "torch default"
+        n, why = devices.default_threads()  # reads LMLAB_THREADS / OMP_NUM_THREADS first
+    torch.set_num_threads(n)
     if os.environ.get("RANK", "0") == "0":
         print(f"threads: {n} ({why})", file=sys.stderr, flush=True)
     return n
