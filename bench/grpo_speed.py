@@ -2,7 +2,7 @@
 
     python bench/grpo_speed.py [--model smollm2-135m-instruct] [--group 8] [--prompts 2]
         [--new-tokens 32] [--steps 2] [--threads 1] [--eos] [--only lmlab|trl] [--compile] [--bf16]
-        [--rounds 1]
+        [--rounds 1] [--rollout-precision bf16 int8 int4]
 
 Both trainers get the same weights (lmlab's model dequantized once; TRL's is a transformers Llama
 holding the same tensors), the same arithmetic word-problem prompts (chat template applied as
@@ -10,6 +10,9 @@ text), group size, prompts per step, completion length, temperature 1, beta 0, l
 learning rate, full-parameter AdamW and one optimizer step per batch of rollouts (float32, or with
 `--bf16` bf16 autocast over float32 weights on both sides). Without `--eos`
 the stop token is ignored, so every completion has exactly `--new-tokens` tokens in both.
+`--rollout-precision KIND ...` adds lmlab runs whose rollouts are sampled under bf16 autocast or
+by an int8/int4 weight-only copy of the float32 policy, re-made after every optimizer step (that
+cost is inside the rollout time); training stays float32 ("float32-policy terms").
 
 Measured after one warm-up step: rollout tokens/s (completion tokens / time inside generation)
 and optimizer steps per minute (wall time of whole steps: rollout, rewards, forward, backward,
@@ -58,10 +61,12 @@ def hf_pieces(name: str):
     return model.float(), tok
 
 
-def bench_lmlab(args, rows: list[dict], task, compile: bool = False) -> dict:
+def bench_lmlab(
+    args, rows: list[dict], task, compile: bool = False, precision: str = "policy"
+) -> dict:
     model, tok = lmlab.load(args.model)
     cfg = GRPOConfig(
-        model=args.model, compile=compile, num_generations=args.group, prompts_per_step=args.prompts,
+        model=args.model, compile=compile, rollout_precision=precision, num_generations=args.group, prompts_per_step=args.prompts,
         micro_batch_size=args.group * args.prompts, max_new_tokens=args.new_tokens,
         beta=0.0, loss_type="dapo", temperature=1.0, eval_size=0,
         train=grpo_train_config(lr=args.lr, max_steps=args.steps + 1, out_dir=args.out + "/lmlab",
@@ -145,6 +150,8 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=1,
                     help="repeat lmlab then TRL this many times; ratios per round and their median")  # fmt: skip
     ap.add_argument("--out", default="/tmp/lmlab_grpo_bench")
+    ap.add_argument("--rollout-precision", nargs="*", default=[],
+                    choices=["bf16", "int8", "int4"], help="also lmlab with these rollouts")  # fmt: skip
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -167,6 +174,8 @@ def main() -> None:
     runs = [("lmlab", bench_lmlab), ("trl", bench_trl)]
     if args.compile:
         runs.insert(1, ("lmlab+compile", lambda *a: bench_lmlab(*a, compile=True)))
+    for kind in args.rollout_precision:
+        runs.insert(-1, (f"lmlab+{kind}", lambda *a, k=kind: bench_lmlab(*a, precision=k)))
     runs = [(name, fn) for name, fn in runs if args.only in (None, name.split("+")[0])]
     ratios: dict[str, list[tuple[float, float]]] = {}
     for r in range(args.rounds):

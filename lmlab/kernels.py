@@ -65,6 +65,7 @@ class Kernels:
     packed_fp32: bool  # MKL float32 linear on a weight packed once (torch.ops.mkl._mkl_linear)
     packed_bf16: bool  # oneDNN bf16 linear on a weight packed once (torch.ops.mkldnn)
     int8_weight_only: bool  # fused int8-weight matmul (torch.ops.aten._weight_int8pack_mm)
+    int4_weight_only: bool  # packed int4-weight matmul (aten._weight_int4pack_mm_for_cpu)
     int8_dynamic: bool  # fbgemm int8 x int8 matmul (torch.ops.quantized.linear_dynamic)
 
 
@@ -76,12 +77,14 @@ USES = {
     "packed_fp32": "float32 linears packed once for MKL (batched decoding, GRPO rollouts)",
     "packed_bf16": "bf16 linears packed once for oneDNN (bf16 / autocast decoding, rollouts)",
     "int8_weight_only": "fused int8-weight matmul (quantize_int8 kind='int8')",
+    "int4_weight_only": "packed int4-weight matmul (quantize kind='int4', GGUF keep_quantized)",
     "int8_dynamic": "fbgemm int8 matmul (quantize_int8 kind='int8-dynamic')",
 }
 FALLBACKS = {
     "packed_fp32": "plain nn.Linear (same results, slower)",
     "packed_bf16": "plain nn.Linear (same results, slower)",
     "int8_weight_only": "dequantize and matmul (same quality, slower)",
+    "int4_weight_only": "dequantize and matmul (same quality, slower)",
     "int8_dynamic": "none: quantize_int8(kind='int8-dynamic') raises; use kind='int8'",
 }
 
@@ -208,6 +211,16 @@ def _int8_weight_only() -> None:
     _expect(got, (x.float() @ q.float().T) * 0.01, 0.25)
 
 
+def _int4_weight_only() -> None:
+    # w = (q - 8) * scale + zero per group of 32 input columns (torch's CPU int4 convention)
+    x, _, _ = _inputs(torch.bfloat16)
+    q = torch.randint(0, 16, (16, 32), generator=torch.Generator().manual_seed(1))
+    sz = torch.tensor([0.01, 0.02], dtype=torch.bfloat16).expand(1, 16, 2).contiguous()
+    packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q.to(torch.int32), 2)
+    got = torch.ops.aten._weight_int4pack_mm_for_cpu(x, packed, 32, sz)
+    _expect(got, x.float() @ ((q.float() - 8) * 0.01 + 0.02).T, 0.05)
+
+
 def _int8_dynamic() -> None:
     if "fbgemm" not in torch.backends.quantized.supported_engines:
         raise RuntimeError("torch has no fbgemm quantized engine (x86 CPU builds have it)")
@@ -227,5 +240,6 @@ PROBES: dict[str, Callable[[], None]] = {
     "packed_fp32": _packed_fp32,
     "packed_bf16": _packed_bf16,
     "int8_weight_only": _int8_weight_only,
+    "int4_weight_only": _int4_weight_only,
     "int8_dynamic": _int8_dynamic,
 }

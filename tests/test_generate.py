@@ -235,6 +235,43 @@ def test_compiled_generation_equals_eager_compiles_once_and_keeps_hooks():
     assert steered != eager
 
 
+def test_compiled_steps_skip_module_guards_but_follow_every_model_change():
+    """The compiled step checks the model once per generation (`signature`), not dynamo's module
+    guards at every token: weights changed in place, another model of another size, a hook attached
+    after compiling and a new attribute value must all still give the eager tokens."""
+    from lmlab.generate.compiled import signature
+
+    torch.manual_seed(0)
+    model = Transformer(preset("llama-tiny")).eval()
+    prompts = [[5, 6, 7], [1, 2, 3]]
+    first = generate(model, prompts, max_new_tokens=8, compile=True).sequences
+    assert first == generate(model, prompts, max_new_tokens=8).sequences
+    sig = signature(model)
+    with torch.no_grad():  # an optimizer step: same tensors, new values
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.5)
+    assert signature(model) == sig  # values are read at every call, not guarded
+    moved = generate(model, prompts, max_new_tokens=8, compile=True).sequences
+    assert moved == generate(model, prompts, max_new_tokens=8).sequences != first
+    other = Transformer(preset("llama-tiny", n_layers=3, d_model=48)).eval()
+    assert (
+        generate(other, prompts, max_new_tokens=8, compile=True).sequences
+        == generate(other, prompts, max_new_tokens=8).sequences
+    )
+    push = torch.randn(model.cfg.d_model) * 50
+    with model.hooks(fwd_hooks=[("blocks.0.hook_resid_post", lambda x, hook: x + push)]):
+        assert signature(model) != sig
+        hooked = generate(model, prompts, max_new_tokens=8, compile=True).sequences
+        assert hooked == generate(model, prompts, max_new_tokens=8).sequences != moved
+    assert generate(model, prompts, max_new_tokens=8, compile=True).sequences == moved
+    model.blocks[0].attn.scale = 0.5  # a plain attribute the forward reads
+    assert signature(model) != sig
+    assert (
+        generate(model, prompts, max_new_tokens=8, compile=True).sequences
+        == generate(model, prompts, max_new_tokens=8).sequences
+    )
+
+
 @pytest.mark.parametrize("name", ["llama-tiny", "gpt2-tiny", "gpt-oss-tiny"])
 def test_prefix_equals_real_prompt_kv(name):
     """Keys/values of a real prompt, installed as a prefix, give the logits of prompt + suffix."""

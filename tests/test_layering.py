@@ -54,7 +54,7 @@ LAYERS: list[tuple[str, ...]] = [
         "lmlab.linear_cross_entropy",
         "lmlab.packaged",
     ),
-    ("lmlab.model", "lmlab.cache", "lmlab.hooks"),
+    ("lmlab.model", "lmlab.cache", "lmlab.hooks", "lmlab.quantized"),
     ("lmlab.families", "lmlab.tokenizers", "lmlab.weights"),
     ("lmlab.data", "lmlab.eval", "lmlab.generate", "lmlab.optim"),
     ("lmlab.train", "lmlab.peft", "lmlab.interp"),

@@ -203,12 +203,33 @@ def test_muon_vs_adamw_recipe_smoke(shared_data, tmp_path):
         muon_vs_adamw.Config,
         None,
         ["--train.max_steps=6", "--train.warmup_steps=2", "--train.eval_interval=3",
-         "--train.eval_iters=1", "--adamw_lrs=1e-2", "--muon_lrs=0.03"],
+         "--train.eval_iters=1", "--adamw_lrs=1e-2", "--muon_lrs=0.03", "--per_step_lrs=0.03"],
     )  # fmt: skip
     out = RunDir.create("muon-vs-adamw", tmp_path)
     metrics = muon_vs_adamw.run(cfg, out)
     assert events_of(out.path)["adamw_lr0.01/val_loss"]  # per-run curves
     # both learn in 6 steps: below uniform over 65 characters (ln 65 = 4.17); measured 3.41 / 3.56
     assert metrics["adamw_best_val_loss"] < 3.9 and metrics["muon_best_val_loss"] < 3.9
+    assert metrics["muon_per_step_best_val_loss"] < 3.9
+    for wall in metrics["equal_wallclock"].values():  # best runs at the fastest one's time
+        assert {"adamw", "muon", "muon-per-step"} <= set(wall) and wall["seconds"] > 0
+        assert max(w["step"] for k, w in wall.items() if k != "seconds") == 6
     assert (out.path / "loss_curves.png").stat().st_size > 10_000
-    assert "Best Muon" in (out.path / "report.md").read_text()
+    report = (out.path / "report.md").read_text()
+    assert "Best Muon" in report and "Best per-step Muon" in report and "Equal wall-clock" in report
+
+
+def test_muon_vs_adamw_clock():
+    """The equal-wall-clock reading: training seconds from logged throughput, the uncontended
+    clock at the 10th-percentile step time, val loss linear between evaluations."""
+    from lmlab.recipes.muon_vs_adamw import _train_seconds, _val_at_seconds
+    from lmlab.train import TrainConfig
+
+    tc = TrainConfig(batch_size=2, block_size=5, max_steps=30)  # 10 tokens per step
+    hist = [{"step": 10, "loss": 3.0, "tok_s": 100.0}, {"step": 10, "val_loss": 3.0},
+            {"step": 20, "loss": 2.5, "tok_s": 20.0}, {"step": 20, "val_loss": 2.0},
+            {"step": 30, "loss": 2.0, "tok_s": 100.0}, {"step": 30, "val_loss": 1.0}]  # fmt: skip
+    assert _train_seconds(hist, tc) == [(0.0, 0), (1.0, 10), (6.0, 20), (7.0, 30)]
+    assert _train_seconds(hist, tc, uncontended=True)[-1] == (3.0, 30)  # 0.1 s per step
+    assert _val_at_seconds(hist, tc, 3.5, False) == (2.5, 15)  # halfway through the slow stretch
+    assert _val_at_seconds(hist, tc, 2.5, True) == (1.5, 25)

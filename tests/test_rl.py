@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 
@@ -180,6 +181,70 @@ def test_grpo_learns_a_reward(tmp_path, dtype, monkeypatch):
     assert (tmp_path / "metrics.jsonl").read_text().count("\n") == 39  # one step ran before fit
     if dtype != "float32":
         assert bool(packs) == (path == "fast")
+
+
+@pytest.mark.parametrize("precision", ["int4", "int8", "bf16"])
+def test_reduced_precision_rollouts_learn_and_train_the_full_precision_policy(tmp_path, precision):
+    """Rollouts from a quantized copy (re-made after every optimizer step) or under bf16 autocast;
+    the policy stays float32 nn.Linear, learns the reward, and with mu > 1 the ratios are taken
+    against the policy's own log-probs, not the sampler's."""
+    from lmlab.quantized import Int4Linear, Int8Linear
+    from lmlab.rl.grpo import token_logprobs
+
+    tr = trainer(tmp_path, max_steps=40, temperature=1.0, rollout_precision=precision)
+    tr.step()
+    sampler, _ = tr.sampler()
+    if precision == "bf16":
+        assert sampler is tr.model
+    else:
+        kind = Int4Linear if precision == "int4" else Int8Linear
+        assert isinstance(sampler.blocks[0].attn.q, kind)
+        w = tr.model.blocks[0].attn.q.weight
+        assert (sampler.blocks[0].attn.q.weight - w).abs().max() < 0.1 * w.abs().max()
+        before = sampler.blocks[0].attn.q.weight
+        tr.step()
+        assert tr.sampler()[0] is sampler  # the same tensors, refilled after the optimizer step
+        w = tr.model.blocks[0].attn.q.weight
+        assert not torch.equal(sampler.blocks[0].attn.q.weight, before)
+        assert (sampler.blocks[0].attn.q.weight - w).abs().max() < 0.1 * w.abs().max()
+        from lmlab.generate.quantize import quantize
+
+        fresh = quantize(copy.deepcopy(tr.model).eval(), kind=precision)
+        x = torch.randint(0, 12, (2, 6))
+        with torch.no_grad():  # the kernel computes with the refilled weights, too
+            torch.testing.assert_close(sampler(x), fresh(x), atol=0, rtol=0)
+    assert type(tr.model.blocks[0].attn.q) is torch.nn.Linear
+    assert tr.model.blocks[0].attn.q.weight.dtype == torch.float32
+    hist = tr.fit(progress=False)
+    first = sum(h["reward"] for h in hist[:5]) / 5
+    last = sum(h["reward"] for h in hist[-5:]) / 5
+    assert last > first + 0.3, (first, last)
+
+    mu = trainer(tmp_path / "mu", num_iterations=2, rollout_precision=precision)
+    seen = []
+    real = mu.optimize
+
+    def spy_optimize(ro, adv):
+        with torch.no_grad():  # the policy's log-probs before its optimizer passes
+            own, _ = token_logprobs(mu.model.eval(), ro.tokens, ro.attention_mask,
+                                    ro.n_completion, 1.0, prefix=ro.prefix)  # fmt: skip
+        sampled = ro.logps.clone()
+        out = real(ro, adv)
+        seen.append((sampled, ro.logps, own, ro.completion_mask.bool()))
+        return out
+
+    mu.optimize = spy_optimize
+    mu.step()
+    ((sampled, used, own, mask),) = seen
+    torch.testing.assert_close(used[mask], own[mask], atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(sampled[mask], own[mask], atol=1e-5)  # the sampler's differ
+
+
+def test_rollout_precision_is_checked(tmp_path):
+    with pytest.raises(ConfigError, match="rollout_precision='int2': use one of policy, bf16"):
+        trainer(tmp_path, rollout_precision="int2")
+    with pytest.raises(ConfigError, match="use 'bf16' with LoRA"):
+        trainer(tmp_path, rollout_precision="int4", lora_rank=2)
 
 
 def test_kl_reference_and_mu(tmp_path):

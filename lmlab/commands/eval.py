@@ -1,4 +1,5 @@
-"""`lmlab eval`: perplexity over a text file, or HellaSwag-style multiple choice over a jsonl file."""
+"""`lmlab eval`: perplexity over a text file, HellaSwag-style multiple choice over a jsonl file, or
+HellaSwag's validation split (a given file, or downloaded once into the data dir)."""
 
 from __future__ import annotations
 
@@ -8,11 +9,23 @@ import json
 from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from lmlab.commands._threads import add_threads_argument, setup_threads
-from lmlab.errors import DataError, LmlabError, MissingFileError
+from lmlab.errors import DataError, InputError, LmlabError, MissingFileError
 
-HELP = "evaluate a model: perplexity of a text (ppl) or multiple-choice accuracy (choice)"
+if TYPE_CHECKING:
+    from lmlab.eval import ChoiceItem
+
+HELP = (
+    "evaluate a model: perplexity of a text (ppl), multiple-choice accuracy (choice) or HellaSwag "
+    "(hellaswag)"
+)
+METRICS = (
+    "acc: argmax of the ending's summed log-likelihood; acc_norm: of that sum per character of "
+    "the ending (lm-evaluation-harness's acc_norm); acc_norm_tokens: of that sum per token "
+    "(nanoGPT/llm.c's acc_norm)"
+)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -44,6 +57,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--data", type=Path, required=True, help="jsonl with ctx (or ctx_a/ctx_b), endings, label"
     )
     ch.add_argument("--limit", type=int, default=None, help="only the first N items")
+    hs = sub.add_parser(
+        "hellaswag",
+        help="HellaSwag validation accuracy (acc, acc_norm, acc_norm_tokens)",
+        description="HellaSwag validation accuracy, prompted as lm-evaluation-harness does. "
+        + METRICS,
+    )
+    hs.add_argument(
+        "--data",
+        type=Path,
+        default=None,
+        help="the official hellaswag_val.jsonl (default: DATA_DIR/hellaswag_val.jsonl, fetched "
+        "once from the hub dataset Rowan/hellaswag when online)",
+    )
+    hs.add_argument("--limit", type=int, default=None, help="only the first N items (a quick run)")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -55,6 +82,8 @@ def main(args: argparse.Namespace) -> int:
         check_device(args.device)
     if args.task == "ppl":
         text = read_text(args.text, args.max_chars)
+    if args.task in ("choice", "hellaswag"):
+        items = read_items(args.data, args.limit)
     setup_threads(args.threads)
     model, tok = lmlab.load(args.model, dtype=args.dtype, device=args.device)
     if args.tokenizer:
@@ -73,17 +102,28 @@ def main(args: argparse.Namespace) -> int:
             print(f"perplexity {r.ppl:.4f}  (nll {r.nll:.4f} nats/token over {r.n_tokens} "
                   f"tokens, context {r.context}, stride {r.stride})")  # fmt: skip
         else:
-            from lmlab.eval import read_hellaswag, score_choices
+            from lmlab.eval import score_choices
 
-            items = read_hellaswag(args.data, limit=args.limit)
             r = score_choices(model, tok, items, batch_size=args.batch_size, device=args.device)
-            print(f"acc {r.acc:.4f}  acc_norm {r.acc_norm:.4f}  over {r.n} items")
+            print(f"acc {r.acc:.4f}  acc_norm {r.acc_norm:.4f}  acc_norm_tokens "
+                  f"{r.acc_norm_tokens:.4f}  over {r.n} items")  # fmt: skip
     if args.json:
         from lmlab.runs import atomic_write
 
         result = {"model": args.model, "task": args.task, **asdict(r)}
         atomic_write(args.json, json.dumps(result, indent=1))
     return 0
+
+
+def read_items(path: Path | None, limit: int | None) -> list[ChoiceItem]:
+    """The multiple-choice items: `path`, or HellaSwag's validation file from the data dir / hub."""
+    from lmlab.eval import read_hellaswag
+    from lmlab.eval.hellaswag import hellaswag_path
+
+    if limit is not None and limit < 1:
+        raise InputError(f"--limit {limit} must be >= 1 (or leave it out for every item)")
+    with library_errors():
+        return read_hellaswag(path if path is not None else hellaswag_path(), limit=limit)
 
 
 def read_text(path: Path, max_chars: int | None) -> str:

@@ -1,8 +1,16 @@
 """Multiple-choice scoring in the HellaSwag style: which ending does the model find most likely?
 
-Each ending is scored by the sum of its tokens' log-probabilities after the context (`acc`), and
-by that sum divided by the ending's length in characters (`acc_norm`, as lm-evaluation-harness
-does), which removes the bias toward short endings.
+The prompt is built as lm-evaluation-harness's `hellaswag` task builds it: `activity_label: ctx_a
+Ctx_b` (or `ctx`), WikiHow markup removed, each ending appended after one space. Each ending's
+log-likelihood is the sum of log-probabilities of its tokens given the context. Three accuracies:
+
+- `acc`: argmax of that sum (lm-evaluation-harness's `acc`; nanoGPT/llm.c's `acc`, the argmin of the
+  summed loss, is the same rule).
+- `acc_norm`: argmax of the sum divided by the ending's length in characters (the cleaned ending
+  without its leading space) -- lm-evaluation-harness's `acc_norm`, the number leaderboards report.
+- `acc_norm_tokens`: argmax of the sum divided by the ending's number of tokens, i.e. the argmin of
+  the mean per-token loss: the `acc_norm` of Karpathy's nanoGPT/llm.c `hellaswag.py`. That script
+  prompts with the raw `ctx` (no activity label, no cleaning), so its numbers differ a little.
 """
 
 from __future__ import annotations
@@ -32,12 +40,14 @@ class ChoiceItem:
 
 @dataclass
 class ChoiceResult:
-    """Accuracy with summed (`acc`) and per-character (`acc_norm`) log-likelihood, and per-item details."""
+    """Accuracy by summed (`acc`), per-character (`acc_norm`) and per-token (`acc_norm_tokens`)
+    log-likelihood of the endings (see the module doc), and per-item details."""
 
     acc: float
     acc_norm: float
     n: int
     items: list[dict[str, Any]] = field(default_factory=list)
+    acc_norm_tokens: float = 0.0
 
 
 def clean(text: str) -> str:
@@ -49,9 +59,9 @@ def clean(text: str) -> str:
 
 def item_from_record(d: dict[str, Any], where: str = "record") -> ChoiceItem:
     """One HellaSwag jsonl record (`ctx` or `ctx_a`/`ctx_b`, `endings`, `label`) as a `ChoiceItem`."""
-    if "ctx_a" in d:
-        ctx = d["ctx_a"] + " " + str(d.get("ctx_b", "")).capitalize()
-    elif "ctx" in d:
+    if d.get("ctx_a") is not None:  # a parquet export holds None where a jsonl has no field
+        ctx = d["ctx_a"] + " " + str(d.get("ctx_b") or "").capitalize()
+    elif d.get("ctx") is not None:
         ctx = d["ctx"]
     else:
         raise ValueError(
@@ -113,7 +123,8 @@ def score_choices(
     device: Any = None,
     progress: bool = True,
 ) -> ChoiceResult:
-    """Score every ending of every item in padded batches; return acc, acc_norm and details."""
+    """Score every ending of every item in padded batches; return acc, acc_norm (per character),
+    acc_norm_tokens (per token) and per-item details."""
     if not items:
         raise ValueError("no items to score; the data file was empty")
     dev = _device(model, device)
@@ -132,6 +143,7 @@ def score_choices(
     # similar lengths share a batch
     order = sorted(range(len(seqs)), key=lambda k: -len(seqs[k][2]))
     loglik = [[0.0] * len(it.endings) for it in items]
+    n_tokens = [[0] * len(it.endings) for it in items]
     for b in tqdm(range(0, len(order), batch_size), desc="choices", disable=not progress):
         batch = [seqs[k] for k in order[b : b + batch_size]]
         width = max(len(s[2]) for s in batch)
@@ -142,19 +154,24 @@ def score_choices(
         logp = torch.log_softmax(logits_of(model, tokens.to(dev)).float(), dim=-1)
         for r, (i, j, ids, first) in enumerate(batch):
             target = torch.tensor(ids[first:], device=dev)
+            n_tokens[i][j] = len(target)
             loglik[i][j] = (
                 logp[r, first - 1 : len(ids) - 1].gather(-1, target[:, None]).sum().item()
             )
-    details, hits, hits_norm = [], 0, 0
-    for item, ll in zip(items, loglik, strict=True):
+    details, hits, hits_norm, hits_tok = [], 0, 0, 0
+    for item, ll, nt in zip(items, loglik, n_tokens, strict=True):
         norm = [v / max(len(e), 1) for v, e in zip(ll, item.endings, strict=True)]
-        pred, pred_norm = _argmax(ll), _argmax(norm)
+        per_tok = [v / max(n, 1) for v, n in zip(ll, nt, strict=True)]
+        pred, pred_norm, pred_tok = _argmax(ll), _argmax(norm), _argmax(per_tok)
         hits += pred == item.label
         hits_norm += pred_norm == item.label
+        hits_tok += pred_tok == item.label
         details.append({"id": item.id, "label": item.label, "pred": pred, "pred_norm": pred_norm,
-                        "loglik": ll, "loglik_norm": norm})  # fmt: skip
+                        "pred_norm_tokens": pred_tok, "loglik": ll, "loglik_norm": norm,
+                        "n_tokens": nt})  # fmt: skip
+    n = len(items)
     return ChoiceResult(
-        acc=hits / len(items), acc_norm=hits_norm / len(items), n=len(items), items=details
+        acc=hits / n, acc_norm=hits_norm / n, n=n, items=details, acc_norm_tokens=hits_tok / n
     )
 
 

@@ -1,73 +1,42 @@
-"""Int8 linear layers for faster CPU decoding (per-output-channel symmetric weight scales).
+"""Quantize a model's linear layers for faster CPU decoding: `quantize(model, kind=...)`.
 
 Decoding one token reads every weight once, so on a CPU it is bound by memory bandwidth; int8
-weights are a quarter of float32's bytes. Two kinds:
-- "int8": weight-only; activations stay floating point (bfloat16 inside the fused kernel).
+weights are a quarter of float32's bytes, int4 an eighth. Three kinds:
+- "int4": weight-only, group-wise asymmetric int4 (`lmlab.quantized.Int4Linear`, groups of
+  `group_size` input columns); activations bfloat16 inside the packed kernel.
+- "int8": weight-only, per-output-channel int8 (`lmlab.quantized.Int8Linear`).
 - "int8-dynamic": weights int8 and each input quantized to int8 on the fly (per tensor, 7-bit
   range), multiplied on fbgemm's int8 kernels: the fastest on AVX2 CPUs, at a quality cost that is
   large for models with attention-sink tokens (one scale per input matrix: SmolLM2's perplexity
   rises 209% vs 0.65% for weight-only; docs/BENCHMARKS.md).
 Each kernel is used only where it works on this CPU and `LMLAB_KERNELS=plain` is unset
-(`lmlab.kernels`): "int8" then dequantizes and multiplies instead; "int8-dynamic" has no fallback
-and raises `DeviceError`.
+(`lmlab.kernels`): "int4" and "int8" then dequantize and multiply instead; "int8-dynamic" has no
+fallback and raises `DeviceError`. Training and interpretability keep full precision: nothing is
+quantized unless asked, and hooks on a quantized model still read activations in its dtype.
 """
 
 from __future__ import annotations
 
+import copy
 import warnings
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from lmlab import kernels
-from lmlab.errors import DeviceError
+from lmlab.errors import DeviceError, InputError
+from lmlab.quantized import GROUP_SIZES, Int4Linear, Int8Linear, quantize_weight
 
-
-def quantize_weight(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """w [out, in] -> (int8 [out, in], float32 scale [out]) with w ~= q * scale[:, None]."""
-    wf = w.detach().float()
-    scale = wf.abs().amax(1).clamp(min=1e-12) / 127.0
-    q = (wf / scale[:, None]).round().clamp(-127, 127).to(torch.int8)
-    return q, scale
-
-
-class Int8Linear(nn.Module):
-    """y = x @ (q * scale)^T + b with int8 `q`; computes in bfloat16 on the fused CPU kernel
-    where it works (`lmlab.kernels` when built), else dequantizes and multiplies."""
-
-    def __init__(self, linear: nn.Linear, compute_dtype: torch.dtype = torch.bfloat16) -> None:
-        super().__init__()
-        q, scale = quantize_weight(linear.weight)
-        self.in_features, self.out_features = linear.in_features, linear.out_features
-        self.compute_dtype = compute_dtype
-        # decided once here, not per call: torch.compile cannot trace the probes
-        self.kernel = kernels.available().int8_weight_only
-        self.register_buffer("qweight", q)
-        self.register_buffer("scale", scale.to(compute_dtype))
-        self.bias = (
-            None if linear.bias is None else nn.Parameter(linear.bias.detach().clone(), False)
-        )
-
-    @property
-    def weight(self) -> torch.Tensor:
-        """The dequantized weight (for code that reads `.weight`, e.g. hook_result)."""
-        return self.qweight.float() * self.scale.float()[:, None]
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        shape = x.shape
-        x2 = x.reshape(-1, shape[-1]).to(self.compute_dtype).contiguous()
-        if self.kernel and x.device.type == "cpu":
-            y = torch.ops.aten._weight_int8pack_mm(x2, self.qweight, self.scale)
-        else:
-            y = F.linear(x2, self.qweight.to(self.compute_dtype)) * self.scale
-        y = y.to(x.dtype).view(*shape[:-1], self.out_features)
-        return y + self.bias if self.bias is not None else y
-
-    def extra_repr(self) -> str:
-        how = "fused int8 kernel" if self.kernel else "dequantized matmul"
-        sizes = f"in={self.in_features}, out={self.out_features}"
-        return f"{sizes}, int8 weights, {self.compute_dtype}, {how}"
+__all__ = [
+    "KINDS",
+    "DynamicInt8Linear",
+    "Int4Linear",
+    "Int8Linear",
+    "dequantized",
+    "quantize",
+    "quantize_int8",
+    "quantize_weight",
+]
 
 
 class DynamicInt8Linear(nn.Module):
@@ -104,7 +73,75 @@ class DynamicInt8Linear(nn.Module):
         return f"in={self.in_features}, out={self.out_features}, int8 weights and inputs"
 
 
-KINDS = ("int8", "int8-dynamic")
+KINDS = ("int4", "int8", "int8-dynamic")
+
+
+def quantize(
+    model: nn.Module,
+    *,
+    kind: str = "int4",
+    group_size: int = 32,
+    include_unembed: bool = True,
+    unembed_kind: str | None = None,
+    compute_dtype: torch.dtype = torch.bfloat16,
+) -> nn.Module:
+    """Replace the model's attention/MLP linears (and the unembedding) with quantized ones, in place.
+
+    `kind`: "int4" (weight-only, groups of `group_size` = 32, 64 or 128 input columns), "int8"
+    (weight-only, per output channel) or "int8-dynamic" (inputs quantized too). Routers and the
+    pooler stay float. A tied unembedding gets its own quantized copy; the embedding table stays
+    as it was. An "int4" layer whose input size `group_size` does not divide gets "int8".
+    `unembed_kind` (default: `kind`, but "int8" under "int4") quantizes the unembedding
+    differently: its error goes straight into the logits (SmolLM2 from its Q4_1 GGUF, perplexity
+    on tinyshakespeare[:20000]: int4 g32 everywhere +4.88%, with an int8 head +0.30%, 2026-12-04;
+    llama.cpp's Q4 files likewise keep a Q6_K / Q8_0 head).
+    """
+    if kind not in KINDS:
+        raise InputError(f"unknown quantization kind {kind!r}; choose one of {', '.join(KINDS)}")
+    head = unembed_kind or ("int8" if kind == "int4" else kind)
+    if head not in KINDS:
+        raise InputError(f"unknown unembed_kind {head!r}; choose one of {', '.join(KINDS)}")
+    targets = []
+    for name, mod in model.named_modules():
+        skip = name in ("pooler", "unembed" if not include_unembed else "") or name.endswith(
+            "router"
+        )
+        if isinstance(mod, nn.Linear) and not skip:
+            targets.append(name)
+    if not targets:
+        raise InputError(f"quantize found no nn.Linear layers to quantize in this model ({kind})")
+    if kind == "int4" and group_size not in GROUP_SIZES:
+        raise InputError(f"int4 group_size={group_size}: use one of {GROUP_SIZES}")
+    for name in targets:
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        how = head if name == "unembed" else kind
+        setattr(parent, child, _quantized(getattr(parent, child), how, group_size, compute_dtype))
+    return model
+
+
+def _quantized(lin: nn.Linear, kind: str, group_size: int, dtype: torch.dtype) -> nn.Module:
+    if kind == "int8-dynamic":
+        return DynamicInt8Linear(lin)
+    if kind == "int4" and lin.in_features % group_size == 0:
+        return Int4Linear(lin, group_size, dtype)
+    return Int8Linear(lin, dtype)
+
+
+def dequantized(model: nn.Module) -> nn.Module:
+    """A float32 copy of `model` whose weight-only quantized linears (`Int4Linear`, `Int8Linear`)
+    are `nn.Linear`s holding their `.weight`: the weights the quantized model computes with, a
+    reference for its outputs."""
+    out = copy.deepcopy(model)
+    for name, mod in list(out.named_modules()):
+        if isinstance(mod, (Int4Linear, Int8Linear)):
+            lin = nn.Linear(mod.in_features, mod.out_features, bias=mod.bias is not None)
+            lin.weight = nn.Parameter(mod.weight.detach().float())
+            if mod.bias is not None:
+                lin.bias = nn.Parameter(mod.bias.detach().float().clone())
+            parent, _, child = name.rpartition(".")
+            setattr(out.get_submodule(parent) if parent else out, child, lin)
+    return out
 
 
 def quantize_int8(
@@ -114,26 +151,10 @@ def quantize_int8(
     include_unembed: bool = True,
     compute_dtype: torch.dtype = torch.bfloat16,
 ) -> nn.Module:
-    """Replace the model's attention/MLP linears (and the unembedding) with int8 ones, in place.
-
-    `kind`: "int8" (weight-only) or "int8-dynamic" (inputs quantized too). A tied unembedding
-    gets its own int8 copy; the embedding table stays as it was.
-    """
-    if kind not in KINDS:
-        raise ValueError(f"unknown quantization kind {kind!r}; choose one of {', '.join(KINDS)}")
-    targets = []
-    for name, mod in model.named_modules():
-        skip = name in ("pooler", "unembed" if not include_unembed else "") or name.endswith(
-            "router"
+    """`quantize` with kind "int8" (weight-only) or "int8-dynamic" (inputs quantized too)."""
+    if kind not in ("int8", "int8-dynamic"):
+        raise InputError(
+            f"unknown quantization kind {kind!r}; choose one of int8, int8-dynamic "
+            "(int4: lmlab.generate.quantize.quantize)"
         )
-        if isinstance(mod, nn.Linear) and not skip:
-            targets.append(name)
-    if not targets:
-        raise ValueError("quantize_int8 found no nn.Linear layers to quantize in this model")
-    for name in targets:
-        parent_name, _, child = name.rpartition(".")
-        parent = model.get_submodule(parent_name) if parent_name else model
-        lin = getattr(parent, child)
-        new = Int8Linear(lin, compute_dtype) if kind == "int8" else DynamicInt8Linear(lin)
-        setattr(parent, child, new)
-    return model
+    return quantize(model, kind=kind, include_unembed=include_unembed, compute_dtype=compute_dtype)

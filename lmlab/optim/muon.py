@@ -3,7 +3,8 @@ optimizer object.
 
 Muon step for a matrix W with gradient G (Keller Jordan, 2024):
     B <- μ B + (1 - μ) G;   U = G + μ (B - G) (Nesterov) or B
-    O = NewtonSchulz5(U / ||U||_F)  (bf16; ≈ U V^T of U's SVD)
+    O = NewtonSchulz5(U / ||U||_F)  (bf16; ≈ U V^T of U's SVD; Keller's quintic at every step, or
+        `ns_coeffs="per-step"`: one minimax quintic per step, lmlab.optim.per_step)
     W <- (1 - lr·wd) W - lr · sqrt(max(1, rows/cols)) · O
 3-D tensors [E, rows, cols] (stacked MoE experts) are orthogonalized per expert.
 """
@@ -11,13 +12,13 @@ Muon step for a matrix W with gradient G (Keller Jordan, 2024):
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import torch
 from torch import nn
 
-from lmlab.optim.newton_schulz import KELLER, Coeffs, orthogonalize
+from lmlab.optim.newton_schulz import KELLER, Coeffs, orthogonalize, resolve_coeffs
 
 
 class Muon(torch.optim.Optimizer):
@@ -27,6 +28,8 @@ class Muon(torch.optim.Optimizer):
     `muon_param_groups(model)` to keep embeddings and the output head on AdamW too.
     Under DDP each rank sees the same all-reduced gradients and computes the same update;
     `shard=True` splits the Newton–Schulz work across ranks and broadcasts the results.
+    `ns_coeffs`: Keller's (a, b, c) at every step (default), "per-step" (one minimax quintic per
+    step, `lmlab.optim.per_step`), any triple, or one triple per step (`ns_steps` of them).
     """
 
     def __init__(
@@ -36,7 +39,7 @@ class Muon(torch.optim.Optimizer):
         momentum: float = 0.95,
         nesterov: bool = True,
         ns_steps: int = 5,
-        ns_coeffs: Coeffs = KELLER,
+        ns_coeffs: Coeffs | Sequence[Coeffs] | str = KELLER,
         weight_decay: float = 0.0,
         adamw_lr: float = 3e-3,
         betas: tuple[float, float] = (0.9, 0.95),
@@ -60,7 +63,7 @@ class Muon(torch.optim.Optimizer):
             momentum=momentum,
             nesterov=nesterov,
             ns_steps=ns_steps,
-            ns_coeffs=tuple(ns_coeffs),
+            ns_coeffs=ns_coeffs,
             weight_decay=weight_decay,
             betas=betas,
             eps=eps,
@@ -70,6 +73,7 @@ class Muon(torch.optim.Optimizer):
         super().__init__(groups, defaults)
         for g in self.param_groups:
             if g["use_muon"]:
+                g["ns_coeffs"] = _group_coeffs(g["ns_coeffs"], g["ns_steps"])
                 for p in g["params"]:
                     if p.ndim < 2:
                         raise ValueError(
@@ -152,6 +156,13 @@ class Muon(torch.optim.Optimizer):
             if g["weight_decay"]:
                 p.mul_(1 - g["lr"] * g["weight_decay"])
             p.addcdiv_(m, denom, value=-g["lr"] / (1 - beta1**t))
+
+
+def _group_coeffs(coeffs: Any, steps: int) -> Coeffs | tuple[Coeffs, ...]:
+    """Validate a group's Newton–Schulz coefficients and store the numbers: one triple when every
+    step uses the same (Keller's default, as torch.optim.Muon stores it), else one per step."""
+    schedule = resolve_coeffs(coeffs, steps)
+    return schedule[0] if len(set(schedule)) == 1 else schedule
 
 
 def _as_groups(params: Iterable[Any]) -> list[dict[str, Any]]:

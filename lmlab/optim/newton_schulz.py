@@ -9,38 +9,84 @@ everything near 1.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
+from lmlab.errors import InputError
+from lmlab.optim.per_step import PER_STEP, per_step_schedule
+
 KELLER = (3.4445, -4.7750, 2.0315)  # Keller Jordan's Muon coefficients
 Coeffs = tuple[float, float, float]
+SCHEDULES = ("keller", "per-step")  # names `orthogonalize(coeffs=...)` and Muon accept
 
 
 # ---------------------------------------------------------------------------- the matrix iteration
 
 
+def resolve_coeffs(coeffs: Coeffs | Sequence[Coeffs] | str, steps: int) -> tuple[Coeffs, ...]:
+    """One (a, b, c) per step from a name ("keller", "per-step"), one triple (every step) or a
+    sequence of exactly `steps` triples (step t uses the t-th)."""
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise InputError(
+            f"Newton–Schulz steps={steps!r} must be an integer >= 1 (5 is the default)"
+        )
+    if isinstance(coeffs, str):
+        if coeffs == "keller":
+            return (KELLER,) * steps
+        if coeffs == "per-step":
+            return per_step_schedule(steps, **PER_STEP)
+        raise InputError(
+            f"unknown Newton–Schulz coefficients {coeffs!r}; use one of {', '.join(SCHEDULES)}, "
+            "an (a, b, c) triple or one triple per step"
+        )
+    items = list(coeffs)
+    if len(items) == 3 and all(_is_number(v) for v in items):
+        return (tuple(float(v) for v in items),) * steps  # type: ignore[return-value]
+    triples = [tuple(t) if isinstance(t, Sequence) else () for t in items]
+    if not all(len(t) == 3 and all(_is_number(v) for v in t) for t in triples):
+        raise InputError(
+            f"Newton–Schulz coeffs={coeffs!r} is neither an (a, b, c) triple nor a sequence of "
+            "triples; pass e.g. (3.4445, -4.775, 2.0315) or one such triple per step"
+        )
+    if len(triples) != steps:
+        raise InputError(
+            f"got {len(triples)} per-step Newton–Schulz triples for steps={steps}; pass exactly "
+            "one triple per step (or set steps to their number)"
+        )
+    return tuple(tuple(float(v) for v in t) for t in triples)  # type: ignore[return-value]
+
+
+def _is_number(v: object) -> bool:
+    return isinstance(v, (int, float, np.floating, np.integer)) and not isinstance(v, bool)
+
+
 def orthogonalize(
     G: torch.Tensor,
     steps: int = 5,
-    coeffs: Coeffs = KELLER,
+    coeffs: Coeffs | Sequence[Coeffs] | str = KELLER,
     dtype: torch.dtype = torch.bfloat16,
     eps: float = 1e-7,
 ) -> torch.Tensor:
-    """Approximate U V^T of `G` [..., m, n] by `steps` quintic Newton–Schulz steps in `dtype`."""
+    """Approximate U V^T of `G` [..., m, n] by `steps` quintic Newton–Schulz steps in `dtype`.
+
+    `coeffs` is one (a, b, c) for every step (Keller's by default), one triple per step, or a name:
+    "keller" or "per-step" (minimax quintics fitted to each step's interval, `lmlab.optim.per_step`).
+    """
     if G.ndim < 2:
         raise ValueError(
             f"orthogonalize needs a matrix or a batch of matrices, got shape {tuple(G.shape)}; "
             "reshape 1-D parameters or optimize them with AdamW"
         )
-    a, b, c = coeffs
+    schedule = resolve_coeffs(coeffs, steps)
     X = G.to(dtype)
     tall = G.shape[-2] > G.shape[-1]
     if tall:  # iterate on the wide side so X X^T is the smaller Gram matrix
         X = X.mT
     X = X / (X.norm(dim=(-2, -1), keepdim=True) + eps)
-    for _ in range(steps):
+    for a, b, c in schedule:
         A = X @ X.mT
         B = b * A + c * (A @ A)
         X = a * X + B @ X
@@ -65,12 +111,15 @@ def quintic(x: np.ndarray | float, coeffs: Coeffs = KELLER) -> np.ndarray | floa
     return x * (a + x2 * (b + c * x2))
 
 
-def iterate(x: np.ndarray | float, coeffs: Coeffs = KELLER, steps: int = 5) -> np.ndarray | float:
-    """The `steps`-fold composition p∘…∘p applied to `x` (float64)."""
+def iterate(
+    x: np.ndarray | float, coeffs: Coeffs | Sequence[Coeffs] | str = KELLER, steps: int = 5
+) -> np.ndarray | float:
+    """The `steps`-fold composition p∘…∘p applied to `x` (float64); `coeffs` as `orthogonalize`
+    takes it (one triple, one per step, or a name)."""
     y = np.asarray(x, dtype=np.float64)
     with np.errstate(over="ignore", invalid="ignore"):
-        for _ in range(steps):
-            y = quintic(y, coeffs)
+        for step in resolve_coeffs(coeffs, steps):
+            y = quintic(y, step)
     return y
 
 

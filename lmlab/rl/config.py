@@ -24,6 +24,7 @@ GRPO_TRAIN = {
 RESUME_FREE = frozenset(
     {"eval_size", "eval_batch_size", "eval_max_new_tokens", "max_minutes", "compile"}
 )
+ROLLOUT_PRECISIONS = ("policy", "bf16", "int8", "int4")
 
 
 def grpo_train_config(**overrides: Any) -> TrainConfig:
@@ -49,6 +50,10 @@ class GRPOConfig:
     top_p: float | None = None
     top_k: int | None = None
     compile: bool = False  # decode rollouts through torch.compile (static KV cache)
+    # what samples the rollouts: "policy" (the trained model as it is), "bf16" (it, under bf16
+    # autocast), "int8" / "int4" (a weight-only quantized copy, re-made after every optimizer
+    # step); training forwards and evaluation always use the policy at full precision
+    rollout_precision: str = "policy"
     beta: float = 0.0  # k3 KL weight; 0 keeps no reference model
     epsilon: float = 0.2
     epsilon_high: float | None = None  # None: = epsilon (DAPO uses 0.28)
@@ -84,6 +89,16 @@ class GRPOConfig:
             raise ConfigError(
                 f"beta={self.beta}, epsilon={self.epsilon} must be >= 0 and temperature="
                 f"{self.temperature} > 0 (GRPO samples; use temperature 1.0)"
+            )
+        if self.rollout_precision not in ROLLOUT_PRECISIONS:
+            raise ConfigError(
+                f"rollout_precision={self.rollout_precision!r}: use one of "
+                f"{', '.join(ROLLOUT_PRECISIONS)}"
+            )
+        if self.rollout_precision in ("int8", "int4") and self.lora_rank > 0:
+            raise ConfigError(
+                f"rollout_precision={self.rollout_precision!r} with lora_rank={self.lora_rank}: "
+                "quantized rollout copies are made of plain models; use 'bf16' with LoRA"
             )
         if not (self.trainable == "all" or self.trainable.startswith("last:")):
             raise ConfigError(f"trainable={self.trainable!r}: use 'all' or 'last:N'")

@@ -127,3 +127,41 @@ def normalized_match(
         got = extract_answer(c)
         out.append(1.0 if got is not None and normalize(got) == normalize(str(a)) else 0.0)
     return out
+
+
+def answer_or_alias_match(
+    prompts: list[str],
+    completions: list[str],
+    answer: list[Any],
+    aliases: list[Sequence[str]] | None = None,
+    **_: Any,
+) -> list[float]:
+    """1 when the <answer> content equals the reference or one of its aliases after `normalize`."""
+    aliases = aliases if aliases is not None else [()] * len(completions)
+    out = []
+    for c, a, al in zip(completions, answer, aliases, strict=True):
+        got = extract_answer(c)
+        accepted = {normalize(str(x)) for x in (a, *al)}
+        out.append(1.0 if got is not None and normalize(got) in accepted else 0.0)
+    return out
+
+
+MIN_REASONING_WORDS = 3
+MAX_ANSWER_WORDS = 5
+
+
+def reasoning_format_reward(prompts: list[str], completions: list[str], **_: Any) -> list[float]:
+    """Reasoning, then a short final answer: 1.0 for at least `MIN_REASONING_WORDS` words before one
+    non-empty `<answer>...</answer>` of at most `MAX_ANSWER_WORDS` words that ends the completion;
+    0.5 for one such closed block ending it without that shape (no reasoning, or a long answer);
+    0 otherwise (no closed block, an empty one, two blocks, or text after it)."""
+    out = []
+    for c in completions:
+        if not FORMAT.match(c):
+            out.append(0.0)
+            continue
+        before, _, rest = c.partition("<answer>")
+        n_answer = len(rest.partition("</answer>")[0].split())
+        shaped = len(before.split()) >= MIN_REASONING_WORDS and n_answer <= MAX_ANSWER_WORDS
+        out.append(1.0 if shaped else 0.5)
+    return out

@@ -4,6 +4,7 @@ checkpoints with exact resume (incl. the rollout RNG), metrics, progress and the
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import time
@@ -18,6 +19,7 @@ from lmlab import checkpoints as ckpt
 from lmlab.config import ConfigError
 from lmlab.errors import CheckpointError, DataError, InputError, MissingFileError, OverwriteError
 from lmlab.generate.generate import check_context
+from lmlab.generate.quantize import quantize
 from lmlab.rl.config import GRPOConfig
 from lmlab.rl.grpo import (
     aggregate,
@@ -82,6 +84,7 @@ class GRPOTrainer:
         if cfg.beta > 0 and not self.lora:
             self.ref = copy.deepcopy(model).eval().requires_grad_(False)
         self.autocast = self.core.autocast  # float32 master weights, bf16 matmuls when asked
+        self._sampler_copy: tuple[int, torch.nn.Module] | None = None  # (step, quantized copy)
         self.sample_gen = torch.Generator().manual_seed(tcfg.seed + 1)  # which tokens
         self.stop_ids = sorted(
             {
@@ -168,9 +171,10 @@ class GRPOTrainer:
         cfg, G = self.cfg, self.cfg.num_generations
         t0 = time.perf_counter()
         rows = self.sample_rows()
-        with self.autocast:
+        sampler, precision = self.sampler()
+        with precision:
             ro = rollout(
-                self.model, self.encode(rows), G, cfg.max_new_tokens, temperature=cfg.temperature,
+                sampler, self.encode(rows), G, cfg.max_new_tokens, temperature=cfg.temperature,
                 top_p=cfg.top_p, top_k=cfg.top_k, stop_ids=self.stop_ids,
                 mask_truncated=cfg.mask_truncated_completions, generator=self.sample_gen,
                 compile=cfg.compile,
@@ -199,6 +203,29 @@ class GRPOTrainer:
             "tokens": n_tok,
         }
 
+    def sampler(self) -> tuple[torch.nn.Module, contextlib.AbstractContextManager]:
+        """The model that samples rollouts and the precision context it runs in
+        (`rollout_precision`): the policy, the policy under bf16 autocast, or a weight-only
+        quantized copy of it, re-quantized once per optimizer step into the same tensors (the
+        cost counts as rollout time)."""
+        kind = self.cfg.rollout_precision
+        if kind == "policy":
+            return self.model, self.autocast
+        if kind == "bf16":
+            return self.model, torch.autocast(self.core.dist.device.type, dtype=torch.bfloat16)
+        if self._sampler_copy is None or self._sampler_copy[0] != self.core.step:
+            plain = copy.deepcopy(self.model).eval().requires_grad_(False)
+            fresh = quantize(plain, kind=kind)
+            if self._sampler_copy is not None:  # refill the old copy's tensors: a compiled
+                old = self._sampler_copy[1]  # rollout keeps replaying instead of recompiling
+                new = {**dict(fresh.named_parameters()), **dict(fresh.named_buffers())}
+                with torch.no_grad():  # all buffers: also the kernel's (non-persistent) layout
+                    for name, t in [*old.named_parameters(), *old.named_buffers()]:
+                        t.copy_(new[name])
+                fresh = old
+            self._sampler_copy = (self.core.step, fresh)
+        return self._sampler_copy[1], contextlib.nullcontext()
+
     def step(self) -> dict[str, Any]:
         """One GRPO step outside `fit` (nothing written to out_dir); returns its record."""
         core = self.core
@@ -216,6 +243,8 @@ class GRPOTrainer:
         N, L = ro.completion_mask.shape
         total_tokens = int(ro.completion_mask.sum())
         ref_logps = self._ref_logps(ro) if cfg.beta > 0 else None
+        if cfg.num_iterations > 1 and cfg.rollout_precision != "policy":
+            ro.logps = self._ref_logps(ro, self.model)  # ratios against the policy, not the sampler
         losses, kls, clips, ents, norms = [], [], [], [], []
         self.model.train()
         for _ in range(cfg.num_iterations):
@@ -255,12 +284,15 @@ class GRPOTrainer:
         return out
 
     @torch.no_grad()
-    def _ref_logps(self, ro: Rollout) -> torch.Tensor:
-        if self.lora:
+    def _ref_logps(self, ro: Rollout, model: torch.nn.Module | None = None) -> torch.Tensor:
+        """Log-probs of the rollout's completions under the reference model (LoRA: the policy
+        with its adapters off), or under `model` as it is."""
+        lora_off = self.lora and model is None
+        if lora_off:
             from lmlab.peft import set_lora_enabled
 
             set_lora_enabled(self.model, False)
-        ref = self.ref if self.ref is not None else self.model
+        ref = model if model is not None else self.ref if self.ref is not None else self.model
         was = ref.training
         ref.eval()
         try:
@@ -272,7 +304,7 @@ class GRPOTrainer:
             ]  # fmt: skip
         finally:
             ref.train(was)
-            if self.lora:
+            if lora_off:
                 from lmlab.peft import set_lora_enabled
 
                 set_lora_enabled(self.model, True)

@@ -19,6 +19,8 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from lmlab.errors import InputError
+from lmlab.interp.activation_cache import run_with_cache
 from lmlab.interp.probes import train_probe
 from lmlab.steer.steering_vector import SteeringVector, hook_for
 from lmlab.steer.train import read_activations
@@ -153,3 +155,100 @@ def perplexity(model: Any, tokens: torch.Tensor) -> float:
     tokens = tokens.view(-1, tokens.shape[-1]).to(next(model.parameters()).device)
     logits = model(tokens)[:, :-1].float()
     return float(F.cross_entropy(logits.transpose(1, 2), tokens[:, 1:]).exp())
+
+
+@torch.no_grad()
+def answer_logprobs(
+    model: Any,
+    prompts: Sequence[list[int]],
+    answers: Sequence[list[int]],
+    *,
+    read_heads: bool = False,
+    batch_size: int = 16,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """log p(answer | prompt) summed over the answer's tokens: [N]; with `read_heads`, also every
+    head's z at the answer's last token from the same forward: [N, n_layers, n_heads, head_dim].
+
+    Rows are batched by length (less padding); results come back in the input order.
+    """
+    if len(prompts) != len(answers):
+        raise InputError(f"{len(prompts)} prompts but {len(answers)} answers; give one of each")
+    if any(not p for p in prompts) or any(not a for a in answers):
+        raise InputError("every prompt and answer needs at least one token")
+    dev = next(model.parameters()).device
+    names = [hook_for(i, "z") for i in range(len(model.blocks))]
+    seqs = [list(p) + list(a) for p, a in zip(prompts, answers, strict=True)]
+    order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
+    lps = torch.empty(len(seqs))
+    acts = None
+    for s in tqdm(range(0, len(order), batch_size), desc="answers", leave=False):
+        idx = order[s : s + batch_size]
+        T = max(len(seqs[i]) for i in idx)
+        tokens = torch.zeros(len(idx), T, dtype=torch.long)
+        mask = torch.zeros(len(idx), T, dtype=torch.long)
+        for b, i in enumerate(idx):
+            tokens[b, : len(seqs[i])], mask[b, : len(seqs[i])] = torch.tensor(seqs[i]), 1
+        tokens, mask = tokens.to(dev), mask.to(dev)
+        kw = {"attention_mask": mask, "return_hidden": True}
+        if read_heads:
+            hidden, cache = run_with_cache(model, tokens, names_filter=names, **kw)
+        else:
+            hidden = model(tokens, **kw)
+        # the LM head runs only where an answer token is predicted (not on prompts or padding)
+        at = [
+            (b, t) for b, i in enumerate(idx) for t in range(len(prompts[i]) - 1, len(seqs[i]) - 1)
+        ]
+        bi, ti = torch.tensor(at, device=dev).T
+        logp = model.to_logits(hidden[bi, ti]).float().log_softmax(-1)
+        tok_lp = logp.gather(-1, tokens[bi, ti + 1, None])[:, 0].cpu()
+        sums = torch.zeros(len(idx)).index_add_(0, bi.cpu(), tok_lp)
+        lps[idx] = sums
+        if read_heads:
+            z = torch.stack([cache[n] for n in names], 2)  # [B, T, L, H, D]
+            if acts is None:
+                acts = torch.empty(len(seqs), *z.shape[2:])
+            last = torch.tensor([len(seqs[i]) - 1 for i in idx], device=z.device)
+            acts[idx] = z[torch.arange(len(idx), device=z.device), last].float().cpu()
+    return lps, acts
+
+
+def head_probe_accuracy(
+    acts: torch.Tensor,
+    labels: torch.Tensor,
+    train_idx: Sequence[int],
+    val_idx: Sequence[int],
+    *,
+    steps: int = 200,
+    lr: float = 0.05,
+    weight_decay: float = 1e-3,
+) -> torch.Tensor:
+    """Accuracy on `val_idx` of a logistic probe per head fitted on `train_idx`: [n_layers, n_heads].
+
+    The probe recipe of `lmlab.interp.probes.train_probe` (standardized features, zero start,
+    AdamW), fitted for all heads at once, with the split given by the caller (e.g. by question).
+    """
+    tr, va = torch.as_tensor(list(train_idx)), torch.as_tensor(list(val_idx))
+    if len(tr) < 2 or len(va) < 1:
+        raise InputError(f"{len(tr)} train and {len(va)} val rows; probes need >= 2 and >= 1")
+    y = torch.as_tensor(labels).float()
+    if len(set(y[tr].tolist())) < 2:
+        raise InputError("probe train rows hold a single class; give true and false rows")
+    L, H = acts.shape[1:3]
+    x = acts.flatten(1, 2).float()  # [N, L*H, D]
+    mean, std = x[tr].mean(0), x[tr].std(0).clamp(min=1e-6)
+    xs = (x - mean) / std
+    w = torch.zeros(x.shape[1:], requires_grad=True)
+    b = torch.zeros(x.shape[1], requires_grad=True)
+    opt = torch.optim.AdamW([w, b], lr=lr, weight_decay=weight_decay)
+    xt, yt = xs[tr], y[tr, None].expand(-1, x.shape[1])
+    with torch.enable_grad():
+        for _ in range(steps):
+            logits = torch.einsum("nhd,hd->nh", xt, w) + b
+            # summed over heads: each head's probe gets its own mean-loss gradient
+            loss = F.binary_cross_entropy_with_logits(logits, yt, reduction="none").mean(0).sum()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    with torch.no_grad():
+        pred = torch.einsum("nhd,hd->nh", xs[va], w) + b > 0
+    return (pred == y[va, None].bool()).float().mean(0).view(L, H)

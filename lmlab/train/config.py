@@ -16,6 +16,7 @@ RESUME_FREE = frozenset(
         "out_dir", "resume", "allow_change", "progress", "tensorboard", "log_interval",
         "eval_interval", "eval_first", "eval_iters", "checkpoint_interval", "keep_checkpoints", "threads",
         "device", "compile", "parallel", "peak_flops", "model", "model_overrides",
+        "eval_hellaswag_every", "hellaswag_data", "hellaswag_limit", "hellaswag_tokenizer",
     }
 )  # fmt: skip
 DTYPES = ("float32", "bfloat16")
@@ -57,6 +58,13 @@ class TrainConfig:
     eval_interval: int = 100
     eval_first: bool = False  # also evaluate after step 1 (learning curves of toy models)
     eval_iters: int = 20
+    # HellaSwag acc/acc_norm (lmlab.eval.choice) every N steps and at the end, logged as hellaswag_*;
+    # 0: off. data "" is DATA_DIR/hellaswag_val.jsonl (fetched once when online); limit 0: all items;
+    # tokenizer "" is the token folder's (its meta.json), else a load_tokenizer name such as "gpt2"
+    eval_hellaswag_every: int = 0
+    hellaswag_data: str = ""
+    hellaswag_limit: int = 0
+    hellaswag_tokenizer: str = ""
     log_interval: int = 10
     checkpoint_interval: int = 0  # 0: only at the end
     keep_checkpoints: int = 2  # newest step-numbered checkpoints kept (older ones are deleted)
@@ -103,6 +111,11 @@ class TrainConfig:
             raise ConfigError(
                 "TrainConfig warmup_steps, eval_interval and checkpoint_interval must be >= 0"
             )
+        for name in ("eval_hellaswag_every", "hellaswag_limit"):
+            if getattr(self, name) < 0:
+                raise ConfigError(
+                    f"TrainConfig.{name}={getattr(self, name)!r} must be >= 0 (0: off / all items)"
+                )
         if not isinstance(self.model_overrides, dict):
             raise ConfigError(
                 f"TrainConfig.model_overrides={self.model_overrides!r} must be a table of Config "

@@ -48,9 +48,10 @@ def build(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
 def _load_plugins() -> None:
     """Register Muon from lmlab.optim (a lower layer), imported on first lookup only."""
     if "muon" not in _REGISTRY:
-        from lmlab.optim import muon_factory
+        from lmlab.optim import muon_factory, muon_per_step_factory
 
         register("muon", muon_factory)
+        register("muon-per-step", muon_per_step_factory)
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:

@@ -15,8 +15,9 @@ Interface (what other modules code against):
 
 The core owns: AdamW groups (fused where possible) or a registered optimizer (Muon), the one
 schedule (`lmlab.train.schedule`), gradient accumulation, clipping, autocast, torch.compile,
-DDP/FSDP, evaluation cadence, atomic checksummed checkpoints with exact resume (model, optimizer,
-schedule, RNG streams, the batch generator, task state, history), metrics.jsonl + TensorBoard
+DDP/FSDP, evaluation cadence (HellaSwag every `eval_hellaswag_every` steps joins the
+evaluation record: `lmlab.train.hellaswag`), atomic checksummed checkpoints with exact resume
+(model, optimizer, schedule, RNG streams, the batch generator, task state, history), metrics.jsonl + TensorBoard
 (records past the resumed step are dropped), progress (loss, tokens/s, ETA), MFU, and the run
 folder (`cfg.out_dir`; "" keeps nothing on disk; an existing run is refused unless `cfg.resume`).
 
@@ -269,6 +270,7 @@ class Trainer:
         """Train until `max_steps` (or a callback says stop); returns the history of records."""
         cfg, d, task = self.cfg, self.dist, self.task
         self._start()
+        hellaswag = self._hellaswag()
         log = MetricsLog(
             self.out_dir or ".", d.main and self.out_dir is not None, cfg.tensorboard, self.step
         )
@@ -304,6 +306,9 @@ class Trainer:
                     or (cfg.eval_first and self.step == 1)
                     or last
                 )
+                due_hellaswag = hellaswag is not None and (
+                    self.step % cfg.eval_hellaswag_every == 0 or last
+                )
                 due_ckpt = (
                     cfg.checkpoint_interval and self.step % cfg.checkpoint_interval == 0
                 ) or last
@@ -322,9 +327,11 @@ class Trainer:
                     run_loss.zero_()
                     extra.clear()
                     t_log, tokens, steps_since = time.perf_counter(), 0, 0
-                if due_eval:
-                    rec = {"step": self.step, **self.evaluate()}
-                    for cb in self.callbacks:
+                if due_eval or due_hellaswag:
+                    rec = {"step": self.step, **(self.evaluate() if due_eval else {})}
+                    if due_hellaswag:
+                        rec.update(hellaswag(self))
+                    for cb in self.callbacks if due_eval else ():
                         stop = bool(cb(self, rec)) or stop
                     if len(rec) > 1:
                         self.history.append(rec)
@@ -347,6 +354,14 @@ class Trainer:
                 self.history, self.out_dir / "loss.png", title=f"{_title(self.model)} training"
             )
         return self.history
+
+    def _hellaswag(self) -> Callable[[Trainer], dict[str, float]] | None:
+        """The HellaSwag evaluation `cfg.eval_hellaswag_every` asks for, set up before step 1."""
+        if not self.cfg.eval_hellaswag_every:
+            return None
+        from lmlab.train.hellaswag import HellaSwagEval
+
+        return HellaSwagEval.from_config(self.cfg, self.data, self.model, self.dist.main)
 
     def _check_finite(self, first_bad: torch.Tensor, lr: float) -> None:
         bad = int(first_bad)

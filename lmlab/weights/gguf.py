@@ -20,7 +20,7 @@ import mmap
 import re
 import struct
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -79,6 +79,7 @@ class GGUFFile:
     metadata: dict[str, Any]
     infos: dict[str, GGUFTensorInfo]
     tensors: dict[str, torch.Tensor] = field(default_factory=dict)
+    raw: dict[str, torch.Tensor] = field(default_factory=dict)  # kept blocks: uint8 bytes
 
     @property
     def architecture(self) -> str:
@@ -155,8 +156,17 @@ class _Reader:
         raise _Corrupt(f"{what} is an array of unknown value type {etype}")
 
 
-def read_gguf(path: str | Path, *, tensors: bool = True, threads: int = 1) -> GGUFFile:
+def read_gguf(
+    path: str | Path,
+    *,
+    tensors: bool = True,
+    threads: int = 1,
+    keep: Callable[[GGUFTensorInfo], bool] | None = None,
+) -> GGUFFile:
     """Parse a GGUF file; with `tensors=True` also dequantize every tensor to float32.
+
+    Tensors for which `keep(info)` is true are not dequantized: their raw block bytes go to
+    `GGUFFile.raw` instead (a copy, so the file can be closed).
 
     `threads` is torch's intra-op thread count while dequantizing: ggml blocks are cheap to
     decode and most tensors are small, so extra threads mostly add synchronisation (and stall
@@ -176,7 +186,7 @@ def read_gguf(path: str | Path, *, tensors: bool = True, threads: int = 1) -> GG
         gf = _parse(path, buf, size)
         if tensors:
             with _torch_threads(threads):
-                gf.tensors = _load_tensors(gf, buf)
+                gf.tensors, gf.raw = _load_tensors(gf, buf, keep)
     finally:
         with suppress(BufferError):  # a tensor still views the map; it is freed with the tensor
             buf.close()
@@ -275,25 +285,32 @@ def _tensor_info(
     return GGUFTensorInfo(name=name, qtype=qtype, shape=shape, offset=offset, nbytes=nbytes)
 
 
-def _load_tensors(gf: GGUFFile, buf: mmap.mmap) -> dict[str, torch.Tensor]:
-    """Dequantize every tensor of the file to float32."""
+def _load_tensors(
+    gf: GGUFFile, buf: mmap.mmap, keep: Callable[[GGUFTensorInfo], bool] | None = None
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """Dequantize every tensor of the file to float32, except those `keep` keeps as raw bytes."""
+    kept = {n for n, i in gf.infos.items() if keep is not None and i.nbytes and keep(i)}
     unsupported = sorted(
-        {i.qtype.name for i in gf.infos.values() if i.qtype not in SUPPORTED_QTYPES}
+        {i.qtype.name for n, i in gf.infos.items() if i.qtype not in SUPPORTED_QTYPES}
+        - {gf.infos[n].qtype.name for n in kept}
     )
     if unsupported:
         raise WeightsError(
             f"{gf.path}: tensors stored as {', '.join(unsupported)} cannot be dequantized; supported "
             f"types: {supported_names()}. Use a file quantized to one of these (e.g. Q4_K_M, Q8_0)"
         )
-    out = {}
+    out, raws = {}, {}
     for name, info in gf.infos.items():
         if info.nbytes == 0:
             out[name] = torch.empty(info.shape)
             continue
         raw = torch.frombuffer(buf, dtype=torch.uint8, count=info.nbytes, offset=info.offset)
-        out[name] = dequantize(raw, info.qtype, info.shape)
+        if name in kept:
+            raws[name] = raw.clone()
+        else:
+            out[name] = dequantize(raw, info.qtype, info.shape)
         del raw
-    return out
+    return out, raws
 
 
 # ------------------------------------------------------------------------------- GGUF -> HF

@@ -10,9 +10,10 @@ Resolution order: an existing path; a packaged real model name (`smollm2-135m-in
 from __future__ import annotations
 
 import difflib
+import functools
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from torch import nn
@@ -30,29 +31,49 @@ if TYPE_CHECKING:
 
 Tensors = dict[str, torch.Tensor]
 DTypeLike = torch.dtype | str | None
+Keep = bool | Literal["strict"]
 
 
 def load(
-    source: str | Path, *, dtype: DTypeLike = None, device: str | torch.device | None = None
+    source: str | Path,
+    *,
+    dtype: DTypeLike = None,
+    device: str | torch.device | None = None,
+    keep_quantized: Keep = False,
 ) -> tuple[Transformer, Tokenizer | None]:
     """Model and tokenizer from a preset, folder, `.gguf`, checkpoint, packaged model or hub id.
 
     `dtype=None` keeps what the file stores (GGUF blocks dequantize to float32; presets are
     float32). The model is returned in eval mode; the tokenizer is None when there is none.
+    `keep_quantized=True` (GGUF only) builds the linear layers from the file's quantized blocks
+    (`lmlab.quantized` layers, `lmlab.weights.gguf_quantized`), never holding the model in
+    float32; tensors that cannot be kept are dequantized with a warning, or refused with
+    `keep_quantized="strict"`.
     """
     dtype = as_dtype(dtype)
+    if keep_quantized not in (False, True, "strict"):
+        raise WeightsError(f"keep_quantized={keep_quantized!r}: use True, False or 'strict'")
     path = Path(source).expanduser()
     if path.exists():
-        return load_path(path, dtype=dtype, device=device)
+        return load_path(path, dtype=dtype, device=device, keep_quantized=keep_quantized)
     name = str(source)
     if name in PACKAGED:
-        return _load_packaged(name, dtype, device)
+        return _load_packaged(name, dtype, device, keep_quantized)
+    _refuse_keep(keep_quantized, name)
     if name in PRESETS:
         return _load_preset(name, dtype, device)
     if name.startswith("hf:") or hub.looks_like_repo_id(name):
         repo = name.removeprefix("hf:")
         return load_path(hub.download(repo), dtype=dtype, device=device, name=repo)
     raise WeightsError(_unknown_source(name))
+
+
+def _refuse_keep(keep_quantized: Keep, source: Any) -> None:
+    if keep_quantized:
+        raise WeightsError(
+            f"{source}: keep_quantized applies to .gguf files only; load it without it and "
+            "quantize with lmlab.generate.quantize.quantize(model, kind='int4')"
+        )
 
 
 def _unknown_source(name: str) -> str:
@@ -89,15 +110,20 @@ def load_path(
     dtype: torch.dtype | None = None,
     device: str | torch.device | None = None,
     name: str | None = None,
+    keep_quantized: Keep = False,
 ) -> tuple[Transformer, Tokenizer | None]:
     """Load from a local `.gguf` file, HF folder or lmlab checkpoint folder."""
     from lmlab.weights.checkpoint import is_checkpoint
     from lmlab.weights.training import SUFFIXES, convert_hint, is_training_run
 
     path = Path(path)
+    if path.is_file() and (path.suffix == ".gguf" or _has_gguf_magic(path)):
+        return _load_gguf(path, dtype, device, name, keep_quantized)
+    ggufs = sorted(path.glob("*.gguf")) if path.is_dir() else []
+    if keep_quantized and len(ggufs) == 1 and not (path / "config.json").is_file():
+        return _load_gguf(ggufs[0], dtype, device, name, keep_quantized)
+    _refuse_keep(keep_quantized, path)
     if path.is_file():
-        if path.suffix == ".gguf" or _has_gguf_magic(path):
-            return _load_gguf(path, dtype, device, name)
         if path.suffix == ".safetensors" and (path.parent / "config.json").is_file():
             return load_path(path.parent, dtype=dtype, device=device, name=name)
         if path.suffix in SUFFIXES:  # torch pickles: a training checkpoint, or a damaged file
@@ -112,7 +138,6 @@ def load_path(
         return _load_hf_folder(path, dtype, device, name)
     if is_training_run(path):
         raise WeightsError(convert_hint(path))
-    ggufs = sorted(path.glob("*.gguf"))
     if len(ggufs) == 1:
         return _load_gguf(ggufs[0], dtype, device, name)
     if ggufs:
@@ -145,17 +170,37 @@ def _has_gguf_magic(path: Path) -> bool:
 
 
 def _load_gguf(
-    path: Path, dtype: torch.dtype | None, device: Any, name: str | None
+    path: Path, dtype: torch.dtype | None, device: Any, name: str | None, keep: Keep = False
 ) -> tuple[Transformer, Tokenizer | None]:
-    from lmlab.weights.gguf import gguf_to_hf
+    from lmlab.weights.gguf import GGUFFile, gguf_to_hf, read_gguf
     from lmlab.weights.hf import config_from_hf, hf_to_lmlab
 
-    hf_cfg, hf_sd, meta = gguf_to_hf(path)
-    cfg = _config(config_from_hf, hf_cfg, name or meta.get("general.name") or path.stem, path)
-    cfg.extra["source"] = str(path)
-    sd = _convert(hf_to_lmlab, hf_sd, cfg, path)
-    tok = _gguf_tokenizer(meta, path)
-    return _finish(cfg, sd, tok, dtype or torch.float32, device, path)
+    def convert(gf: GGUFFile) -> tuple[Config, Tensors]:
+        hf_cfg, hf_sd, _ = gguf_to_hf(gf)
+        label = name or gf.metadata.get("general.name") or path.stem
+        cfg = _config(config_from_hf, hf_cfg, label, path)
+        cfg.extra["source"] = str(path)
+        return cfg, _convert(hf_to_lmlab, hf_sd, cfg, path)
+
+    dtype = dtype or torch.float32
+    if keep:
+        from lmlab.weights.gguf_quantized import keepable, load_kept
+
+        gf = read_gguf(path, keep=keepable)
+        tok = _gguf_tokenizer(gf.metadata, path)
+        build = functools.partial(build_model, where=path)
+        model = load_kept(gf, convert, build, dtype, strict=keep == "strict")
+        if model is not None:
+            if tok is not None:
+                from lmlab.tokenizers import check_vocab
+
+                check_vocab(tok, model.cfg)
+            return (model.to(device) if device is not None else model).eval(), tok
+    gf = read_gguf(path)
+    cfg, sd = convert(gf)
+    tok = _gguf_tokenizer(gf.metadata, path)
+    del gf  # its float tensors: only those `sd` still holds stay
+    return _finish(cfg, sd, tok, dtype, device, path)
 
 
 def _load_hf_folder(
@@ -200,15 +245,13 @@ def _preset_tokenizer(cfg: Config) -> Tokenizer | None:
 
 
 def _load_packaged(
-    name: str, dtype: torch.dtype | None, device: Any
+    name: str, dtype: torch.dtype | None, device: Any, keep_quantized: Keep = False
 ) -> tuple[Transformer, Tokenizer | None]:
     pm = PACKAGED[name]
     path = packaged_path(name)
-    if path is not None:
-        return load_path(path, dtype=dtype, device=device, name=name)
-    return load_path(
-        hub.download(pm.hub_repo, install_hint=pm.install), dtype=dtype, device=device, name=name
-    )
+    if path is None:
+        path = hub.download(pm.hub_repo, install_hint=pm.install)
+    return load_path(path, dtype=dtype, device=device, name=name, keep_quantized=keep_quantized)
 
 
 # ------------------------------------------------------------------------------ building

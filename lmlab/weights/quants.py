@@ -188,6 +188,58 @@ _DEQUANTIZERS: dict[GGMLQuantizationType, Callable[[torch.Tensor], torch.Tensor]
 SUPPORTED_QTYPES: tuple[GGMLQuantizationType, ...] = tuple(_DEQUANTIZERS)
 
 
+# ---------------------------------------------------- 4-bit blocks kept as codes, scales, mins
+# Each returns, for blocks uint8 [n, type_size]: codes uint8 [n, b] (0..15), and float32 scale
+# and min [n, b // 32], one pair per 32 elements, with w = code * scale + min exactly as ggml's
+# dequantization computes it (Q4_0: d * (q - 8) = q * d - 8d; Q4_K: d*sc * q - dmin*m).
+
+
+def _int4_q4_0(b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    d = _f16(b, 0)
+    return _nibbles(b[:, 2:]).reshape(b.shape[0], 32), d, -8 * d
+
+
+def _int4_q4_1(b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return _nibbles(b[:, 4:]).reshape(b.shape[0], 32), _f16(b, 0), _f16(b, 2)
+
+
+def _int4_q4_k(b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    n = b.shape[0]
+    sc, m = _k_scale_min(b[:, 4:16])
+    codes = _nibbles(b[:, 16:].reshape(n, 4, 32)).reshape(n, QK_K)
+    return codes, _f16(b, 0) * sc.float(), -(_f16(b, 2) * m.float())
+
+
+_INT4_BLOCKS: dict[
+    GGMLQuantizationType, Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
+] = {
+    GGMLQuantizationType.Q4_0: _int4_q4_0,
+    GGMLQuantizationType.Q4_1: _int4_q4_1,
+    GGMLQuantizationType.Q4_K: _int4_q4_k,
+}
+INT4_QTYPES: tuple[GGMLQuantizationType, ...] = tuple(_INT4_BLOCKS)
+
+
+def int4_blocks(
+    raw: torch.Tensor | np.ndarray, qtype: GGMLQuantizationType, shape: Sequence[int]
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A 2-D Q4_0 / Q4_1 / Q4_K tensor as (codes uint8 [out, in], scale, min float32
+    [out, in / 32]) with w = codes * scale + min per group of 32 (no float weight is built)."""
+    qtype = GGMLQuantizationType(qtype)
+    fn = _INT4_BLOCKS.get(qtype)
+    if fn is None or len(shape) != 2:
+        raise WeightsError(
+            f"{qtype.name} {tuple(shape)} cannot be kept as int4 blocks; "
+            f"int4 keeps 2-D {', '.join(q.name for q in INT4_QTYPES)} tensors"
+        )
+    out, k = (int(s) for s in shape)
+    data = _as_uint8(raw)
+    if data.numel() != quant_nbytes(qtype, shape):
+        raise WeightsError(f"{qtype.name} data for shape {tuple(shape)} has the wrong size")
+    codes, scale, mins = fn(data.view(-1, GGML_QUANT_SIZES[qtype][1]))
+    return codes.reshape(out, k), scale.reshape(out, k // 32), mins.reshape(out, k // 32)
+
+
 def supported_names() -> str:
     """The supported GGML type names, comma separated, for error messages."""
     return ", ".join(q.name for q in SUPPORTED_QTYPES)

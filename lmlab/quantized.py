@@ -1,0 +1,253 @@
+"""Weight-only quantized linear layers a model can hold: `Int8Linear` and `Int4Linear`.
+
+Decoding one token reads every weight once, so on a CPU it is bound by memory bandwidth; int8
+weights are a quarter of float32's bytes, int4 an eighth (plus one scale and zero per group).
+- `Int8Linear`: symmetric int8 with one scale per output channel (w = q * scale).
+- `Int4Linear`: asymmetric int4 in groups of `group_size` (32, 64, 128) input columns, one scale
+  and zero per group and row: w = (q - 8) * scale + zero with q in 0..15 (the convention of torch's
+  packed int4 CPU kernel; GGUF's Q4_0 / Q4_1 / Q4_K blocks map onto it without a float round trip).
+Scales and zeros are held in bfloat16, as the kernels take them; `.weight` is exactly the float32
+weight the layer computes with. Both compute in bfloat16 on torch's packed CPU kernels where
+`lmlab.kernels` found them working (decided once, when the layer is built: torch.compile cannot
+trace the probes), else dequantize and multiply in float32 (any device, slower). Outputs come back
+in the input's dtype. Only used when asked (`lmlab.generate.quantize`, `lmlab.load(...,
+keep_quantized=True)`); training and interpretability keep full-precision layers.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lmlab import kernels
+from lmlab.errors import InputError
+
+GROUP_SIZES = (32, 64, 128)
+_KERNEL_ROWS = 16  # torch's int4 packing needs a multiple of 16 output rows
+
+
+def quantize_weight(
+    w: torch.Tensor, scale_dtype: torch.dtype = torch.float32
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """w [out, in] -> (int8 [out, in], float32 scale [out]) with w ~= q * scale[:, None].
+
+    The scale is first rounded to `scale_dtype` (the dtype a layer holds it in) and the codes are
+    chosen against the rounded scale, so the held weight is within half a step of `w`.
+    """
+    wf = w.detach().float()
+    scale = (wf.abs().amax(1).clamp(min=1e-12) / 127.0).to(scale_dtype).float()
+    q = (wf / scale[:, None]).round().clamp(-127, 127).to(torch.int8)
+    return q, scale
+
+
+def _bias(bias: torch.Tensor | None) -> nn.Parameter | None:
+    return None if bias is None else nn.Parameter(bias.detach().clone(), requires_grad=False)
+
+
+class Int8Linear(nn.Module):
+    """y = x @ (q * scale)^T + b with int8 `q` and one bfloat16 scale per output channel."""
+
+    def __init__(self, linear: nn.Linear, compute_dtype: torch.dtype = torch.bfloat16) -> None:
+        super().__init__()
+        q, scale = quantize_weight(linear.weight, compute_dtype)
+        self._set(q, scale, linear.bias, compute_dtype)
+
+    @classmethod
+    def from_quantized(
+        cls,
+        q: torch.Tensor,
+        scale: torch.Tensor,
+        bias: torch.Tensor | None = None,
+        compute_dtype: torch.dtype = torch.bfloat16,
+    ) -> Int8Linear:
+        """A layer holding int8 `q` [out, in] and per-row `scale` [out] as they are."""
+        self = cls.__new__(cls)
+        nn.Module.__init__(self)
+        self._set(q.to(torch.int8), scale, bias, compute_dtype)
+        return self
+
+    def _set(
+        self, q: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None, dtype: torch.dtype
+    ) -> None:
+        self.out_features, self.in_features = q.shape
+        self.compute_dtype = dtype
+        # decided once here, not per call: torch.compile cannot trace the probes
+        self.kernel = kernels.available().int8_weight_only
+        self.register_buffer("qweight", q.contiguous())
+        self.register_buffer("scale", scale.detach().to(dtype).contiguous())
+        self.bias = _bias(bias)
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """The dequantized float32 weight (for code that reads `.weight`, e.g. hook_result)."""
+        return self.dequantize()
+
+    def dequantize(self) -> torch.Tensor:
+        """The float32 weight [out, in] this layer multiplies by."""
+        return self.qweight.float() * self.scale.float()[:, None]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape
+        x2 = x.reshape(-1, shape[-1]).to(self.compute_dtype).contiguous()
+        if self.kernel and x.device.type == "cpu":
+            y = torch.ops.aten._weight_int8pack_mm(x2, self.qweight, self.scale)
+        else:
+            y = F.linear(x2, self.qweight.to(self.compute_dtype)) * self.scale
+        y = y.to(x.dtype).view(*shape[:-1], self.out_features)
+        return y + self.bias.to(y.dtype) if self.bias is not None else y
+
+    def extra_repr(self) -> str:
+        how = "fused int8 kernel" if self.kernel else "dequantized matmul"
+        sizes = f"in={self.in_features}, out={self.out_features}"
+        return f"{sizes}, int8 weights, {self.compute_dtype}, {how}"
+
+
+def pack_nibbles(q: torch.Tensor) -> torch.Tensor:
+    """uint8 codes 0..15 [n, k] (k even) -> [n, k/2] bytes: column 2i low nibble, 2i+1 high."""
+    q = q.to(torch.uint8)
+    return q[:, 0::2] | (q[:, 1::2] << 4)
+
+
+def unpack_nibbles(b: torch.Tensor) -> torch.Tensor:
+    """Inverse of `pack_nibbles`: bytes [n, k/2] -> uint8 codes [n, k]."""
+    return torch.stack((b & 0x0F, b >> 4), dim=-1).reshape(b.shape[0], -1)
+
+
+def int4_params(
+    w: torch.Tensor, group_size: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Round float w [out, in] to int4 groups: (codes uint8 [out, in], scale, zero bf16 [out, G]).
+
+    Each group spans its min..max in 15 steps: scale = (max - min) / 15, zero = min + 8 * scale
+    (both rounded to bfloat16 first, then the codes chosen against the rounded values).
+    """
+    n, k = w.shape
+    wg = w.detach().float().reshape(n, k // group_size, group_size)
+    lo, hi = wg.amin(-1), wg.amax(-1)
+    scale = ((hi - lo) / 15).clamp(min=1e-8).to(torch.bfloat16)
+    zero = (lo + 8 * scale.float()).to(torch.bfloat16)
+    q = ((wg - zero.float()[..., None]) / scale.float()[..., None] + 8).round().clamp(0, 15)
+    return q.to(torch.uint8).reshape(n, k), scale, zero
+
+
+class Int4Linear(nn.Module):
+    """y = x @ W^T + b with W = (q - 8) * scale + zero per group of `group_size` input columns.
+
+    Holds the 4-bit codes packed two per byte in `pack_nibbles`' portable layout (`qweight`, what
+    a state dict saves) and `scales_and_zeros` bfloat16 [groups, out, 2]; on the kernel path also
+    `packed`, the same codes in torch's CPU-specific layout (rebuilt on load, never saved): half
+    a byte more per weight, for an exact `.weight` without unpacking the kernel's layout.
+    """
+
+    def __init__(
+        self, linear: nn.Linear, group_size: int = 32, compute_dtype: torch.dtype = torch.bfloat16
+    ) -> None:
+        super().__init__()
+        _check_group(linear.in_features, group_size)
+        codes, scale, zero = int4_params(linear.weight, group_size)
+        self._set(codes, scale, zero, linear.bias, group_size, compute_dtype)
+
+    @classmethod
+    def from_blocks(
+        cls,
+        codes: torch.Tensor,
+        scale: torch.Tensor,
+        mins: torch.Tensor,
+        bias: torch.Tensor | None = None,
+        group_size: int = 32,
+        compute_dtype: torch.dtype = torch.bfloat16,
+    ) -> Int4Linear:
+        """A layer from block data w = codes * scale + mins (GGUF's Q4_1 form; Q4_0 is
+        mins = -8 * scale): codes 0..15 [out, in], scale and mins [out, in / group_size]."""
+        out, k = codes.shape
+        _check_group(k, group_size)
+        groups = (out, k // group_size)
+        if tuple(scale.shape) != groups or tuple(mins.shape) != groups:
+            raise InputError(
+                f"Int4Linear.from_blocks: scale {tuple(scale.shape)} and mins "
+                f"{tuple(mins.shape)} must both be {groups} for codes {tuple(codes.shape)}"
+            )
+        self = cls.__new__(cls)
+        nn.Module.__init__(self)
+        s = scale.float().to(torch.bfloat16)
+        zero = (mins.float() + 8 * scale.float()).to(torch.bfloat16)
+        self._set(codes, s, zero, bias, group_size, compute_dtype)
+        return self
+
+    def _set(
+        self,
+        codes: torch.Tensor,
+        scale: torch.Tensor,
+        zero: torch.Tensor,
+        bias: torch.Tensor | None,
+        group_size: int,
+        dtype: torch.dtype,
+    ) -> None:
+        self.out_features, self.in_features = codes.shape
+        self.group_size, self.compute_dtype = group_size, dtype
+        self.kernel = kernels.available().int4_weight_only and self.out_features % _KERNEL_ROWS == 0
+        sz = torch.stack((scale, zero), dim=-1).transpose(0, 1).contiguous()  # [G, out, 2]
+        self.register_buffer("scales_and_zeros", sz.to(torch.bfloat16))
+        self.register_buffer("qweight", pack_nibbles(codes))
+        self.register_buffer("packed", self._kernel_layout(), persistent=False)
+        self.bias = _bias(bias)
+
+    def _kernel_layout(self) -> torch.Tensor | None:
+        """The codes in torch's CPU-specific int4 layout (None where the kernel is not used)."""
+        if not self.kernel:
+            return None
+        codes = unpack_nibbles(self.qweight).to(torch.int32)
+        return torch.ops.aten._convert_weight_to_int4pack_for_cpu(codes, 2)
+
+    def codes(self) -> torch.Tensor:
+        """The 4-bit codes as uint8 [out, in]."""
+        return unpack_nibbles(self.qweight)
+
+    def _load_from_state_dict(self, *args: Any, **kwargs: Any) -> None:
+        super()._load_from_state_dict(*args, **kwargs)
+        self.packed = self._kernel_layout()  # repacked for this CPU from the portable codes
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """The dequantized float32 weight (for code that reads `.weight`: hooks, interp)."""
+        return self.dequantize()
+
+    def dequantize(self) -> torch.Tensor:
+        """The float32 weight [out, in] this layer multiplies by."""
+        n, k, g = self.out_features, self.in_features, self.group_size
+        sz = self.scales_and_zeros.float().transpose(0, 1)  # [out, G, 2]
+        q = self.codes().to(sz.device).float().view(n, k // g, g)
+        return ((q - 8) * sz[..., :1] + sz[..., 1:]).view(n, k)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape
+        x2 = x.reshape(-1, shape[-1])
+        if self.kernel and x.device.type == "cpu":
+            y = torch.ops.aten._weight_int4pack_mm_for_cpu(
+                x2.to(self.compute_dtype).contiguous(),
+                self.packed,
+                self.group_size,
+                self.scales_and_zeros,
+            )
+        else:
+            y = F.linear(x2.to(self.compute_dtype).float(), self.dequantize())
+        y = y.to(x.dtype).view(*shape[:-1], self.out_features)
+        return y + self.bias.to(y.dtype) if self.bias is not None else y
+
+    def extra_repr(self) -> str:
+        how = "packed int4 kernel" if self.kernel else "dequantized matmul"
+        sizes = f"in={self.in_features}, out={self.out_features}"
+        return f"{sizes}, int4 weights (group {self.group_size}), {self.compute_dtype}, {how}"
+
+
+def _check_group(in_features: int, group_size: int) -> None:
+    if group_size not in GROUP_SIZES:
+        raise InputError(f"int4 group_size={group_size}: use one of {GROUP_SIZES}")
+    if in_features % group_size:
+        raise InputError(
+            f"int4 group_size={group_size} does not divide in_features={in_features}; "
+            "use a smaller group size (32) or int8"
+        )
