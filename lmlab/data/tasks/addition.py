@@ -7,6 +7,7 @@ carry left to right, the trick that makes small GPTs learn addition quickly.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -14,6 +15,18 @@ from lmlab.data.tokens import IGNORE_INDEX
 
 CHARS = "0123456789+="
 PLUS, EQUALS = 10, 11
+
+
+def batch_pairs(
+    task: Any, split: str, n: int, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """n operand pairs (a, b) for a batch: fresh training pairs (`task.sample_pairs`, never held
+    out), or pairs drawn from the held-out `task.val` / `task.test`."""
+    if split == "train":
+        return task.sample_pairs(n, generator)
+    pa, pb = task.val if split == "val" else task.test
+    idx = torch.randint(0, len(pa), (n,), generator=generator)
+    return pa[idx], pb[idx]
 
 
 @dataclass
@@ -81,12 +94,7 @@ class AdditionTask:
         self, split: str, batch_size: int, generator: torch.Generator
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """x [B, T] and y [B, T] with -100 everywhere except the answer digits."""
-        if split == "train":
-            a, b = self.sample_pairs(batch_size, generator)
-        else:
-            pa, pb = self.val if split == "val" else self.test
-            idx = torch.randint(0, len(pa), (batch_size,), generator=generator)
-            a, b = pa[idx], pb[idx]
+        a, b = batch_pairs(self, split, batch_size, generator)
         seq = self.encode(a, b)
         x, y = seq[:, :-1], seq[:, 1:].clone()
         y[:, : self.prompt_len - 1] = IGNORE_INDEX

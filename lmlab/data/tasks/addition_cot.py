@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 import torch
 
+from lmlab.data.tasks.addition import batch_pairs
 from lmlab.data.tokens import IGNORE_INDEX
 from lmlab.errors import InputError
 
@@ -235,13 +236,7 @@ class AdditionCoTTask:
         self, split: str, batch_size: int, generator: torch.Generator
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """x [B, T], y [B, T] (-100 on the prompt and the padding)."""
-        if split == "train":
-            a, b = self.sample_pairs(batch_size, generator)
-        else:
-            pa, pb = self.val if split == "val" else self.test
-            idx = torch.randint(0, len(pa), (batch_size,), generator=generator)
-            a, b = pa[idx], pb[idx]
-        return self.encode_pairs(a, b)
+        return self.encode_pairs(*batch_pairs(self, split, batch_size, generator))
 
     def decode(self, ids: list[int]) -> str:
         return decode(ids)
