@@ -136,10 +136,11 @@ def int4_params(
 class Int4Linear(nn.Module):
     """y = x @ W^T + b with W = (q - 8) * scale + zero per group of `group_size` input columns.
 
-    Holds the 4-bit codes packed two per byte in `pack_nibbles`' portable layout (`qweight`, what
-    a state dict saves) and `scales_and_zeros` bfloat16 [groups, out, 2]; on the kernel path also
-    `packed`, the same codes in torch's CPU-specific layout (rebuilt on load, never saved): half
-    a byte more per weight, for an exact `.weight` without unpacking the kernel's layout.
+    Holds `scales_and_zeros` bfloat16 [groups, out, 2] and the 4-bit codes once: on the kernel
+    path as `packed`, torch's CPU-specific layout (never saved), else as `qweight`, two codes a
+    byte in `pack_nibbles`' portable layout. A state dict always holds `qweight` (recovered from
+    `packed` exactly, `kernel_nibbles`), so it loads with or without the kernel, on any device;
+    moving the layer off the CPU turns `packed` into `qweight`, moving it back packs it again.
     """
 
     def __init__(
@@ -161,7 +162,8 @@ class Int4Linear(nn.Module):
         compute_dtype: torch.dtype = torch.bfloat16,
     ) -> Int4Linear:
         """A layer from block data w = codes * scale + mins (GGUF's Q4_1 form; Q4_0 is
-        mins = -8 * scale): codes 0..15 [out, in], scale and mins [out, in / group_size]."""
+        mins = -8 * scale): codes 0..15 [out, in] (int32 is packed without a copy), scale and
+        mins [out, in / group_size]."""
         out, k = codes.shape
         _check_group(k, group_size)
         groups = (out, k // group_size)
@@ -188,27 +190,75 @@ class Int4Linear(nn.Module):
     ) -> None:
         self.out_features, self.in_features = codes.shape
         self.group_size, self.compute_dtype = group_size, dtype
-        self.kernel = kernels.available().int4_weight_only and self.out_features % _KERNEL_ROWS == 0
+        # decided once here, not per call: torch.compile cannot trace the probes
+        self.kernel_ok = (
+            kernels.available().int4_weight_only and self.out_features % _KERNEL_ROWS == 0
+        )
+        self.kernel = self.kernel_ok and codes.device.type == "cpu"
         sz = torch.stack((scale, zero), dim=-1).transpose(0, 1).contiguous()  # [G, out, 2]
         self.register_buffer("scales_and_zeros", sz.to(torch.bfloat16))
-        self.register_buffer("qweight", pack_nibbles(codes))
-        self.register_buffer("packed", self._kernel_layout(), persistent=False)
+        self.register_buffer("qweight", None if self.kernel else pack_nibbles(codes))
+        self.register_buffer("packed", kernel_layout(codes) if self.kernel else None, False)
         self.bias = _bias(bias)
 
-    def _kernel_layout(self) -> torch.Tensor | None:
-        """The codes in torch's CPU-specific int4 layout (None where the kernel is not used)."""
-        if not self.kernel:
-            return None
-        codes = unpack_nibbles(self.qweight).to(torch.int32)
-        return torch.ops.aten._convert_weight_to_int4pack_for_cpu(codes, 2)
+    def nibbles(self) -> torch.Tensor:
+        """The codes in the portable layout, uint8 [out, in / 2] (`qweight`, or recovered)."""
+        if self.packed is None:
+            return self.qweight
+        return kernel_nibbles(self.packed, self.out_features, self.in_features)
 
     def codes(self) -> torch.Tensor:
         """The 4-bit codes as uint8 [out, in]."""
-        return unpack_nibbles(self.qweight)
+        return unpack_nibbles(self.nibbles())
 
-    def _load_from_state_dict(self, *args: Any, **kwargs: Any) -> None:
-        super()._load_from_state_dict(*args, **kwargs)
-        self.packed = self._kernel_layout()  # repacked for this CPU from the portable codes
+    def _save_to_state_dict(self, destination: dict, prefix: str, keep_vars: bool) -> None:
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        if self.packed is not None:  # the portable codes, whatever this layer holds
+            destination[prefix + "qweight"] = self.nibbles()
+
+    def _load_from_state_dict(
+        self,
+        state_dict: dict,
+        prefix: str,
+        local_metadata: dict,
+        strict: bool,
+        missing_keys: list[str],
+        unexpected_keys: list[str],
+        error_msgs: list[str],
+    ) -> None:
+        args = (local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
+        super()._load_from_state_dict(state_dict, prefix, *args)
+        key = prefix + "qweight"
+        if self.packed is None:  # `qweight` is a buffer here: loaded above
+            return
+        if key in unexpected_keys:
+            unexpected_keys.remove(key)
+        if key not in state_dict:
+            missing_keys.append(key)
+            return
+        q, want = state_dict[key], (self.out_features, self.in_features // 2)
+        if tuple(q.shape) != want or q.dtype != torch.uint8:
+            error_msgs.append(
+                f"size mismatch for {key}: copying uint8 codes of shape {tuple(q.shape)} "
+                f"({q.dtype}) from checkpoint, the shape in current model is {want}."
+            )
+            return
+        with torch.no_grad():  # repacked for this CPU, into the same tensor
+            self.packed.copy_(kernel_layout(unpack_nibbles(q.cpu())))
+
+    def _apply(self, fn: Any, recurse: bool = True) -> Int4Linear:
+        """`.to(device)` and the like: `packed` lives on the CPU only, `qweight` anywhere; the
+        scales stay bfloat16 (the kernel's) under `.to(dtype)`, `.float()`, `.half()`."""
+        if self.packed is not None and fn(torch.zeros(0, dtype=torch.uint8)).device.type != "cpu":
+            self.qweight, self.packed, self.kernel = self.nibbles(), None, False
+        sz = self.scales_and_zeros
+        super()._apply(fn, recurse)
+        if self.scales_and_zeros.dtype != sz.dtype:
+            self.scales_and_zeros = sz.to(self.scales_and_zeros.device)
+        if self.packed is None and self.kernel_ok and self.qweight.device.type == "cpu":
+            self.packed, self.qweight = kernel_layout(unpack_nibbles(self.qweight)), None
+            self.kernel = True
+        return self
 
     @property
     def weight(self) -> torch.Tensor:
@@ -241,6 +291,36 @@ class Int4Linear(nn.Module):
         how = "packed int4 kernel" if self.kernel else "dequantized matmul"
         sizes = f"in={self.in_features}, out={self.out_features}"
         return f"{sizes}, int4 weights (group {self.group_size}), {self.compute_dtype}, {how}"
+
+
+def kernel_layout(codes: torch.Tensor) -> torch.Tensor:
+    """Codes 0..15 [out, in] (CPU) in torch's CPU-specific int4 layout (`packed`)."""
+    return torch.ops.aten._convert_weight_to_int4pack_for_cpu(codes.to(torch.int32), 2)
+
+
+_RECOVER_BYTES = 1 << 22  # bf16 inputs and outputs per kernel call while recovering codes
+
+
+def kernel_nibbles(packed: torch.Tensor, out_features: int, in_features: int) -> torch.Tensor:
+    """The codes in `packed` (torch's CPU layout, any CPU) as `pack_nibbles` bytes [out, in / 2].
+
+    Exact, by the kernel itself: with scale 1 and zero 8 every weight is (q - 8) + 8 = q, and an
+    input row with 1 at column 2i and 16 at column 2i + 1 gives q[2i] + 16 * q[2i + 1], an
+    integer 0..255 (exact in bfloat16, whatever order the kernel sums in): the portable byte.
+    """
+    n, k = out_features, in_features
+    gs = 32  # every int4 group size is a multiple of 32: 32 divides `in_features`
+    unit = torch.tensor([1.0, 8.0], dtype=torch.bfloat16).expand(k // gs, n, 2).contiguous()
+    out = torch.empty(n, k // 2, dtype=torch.uint8)
+    step = max(1, _RECOVER_BYTES // (2 * (k + n)))
+    for i in range(0, k // 2, step):
+        rows = torch.arange(i, min(i + step, k // 2))
+        x = torch.zeros(len(rows), k, dtype=torch.bfloat16)
+        x[torch.arange(len(rows)), 2 * rows] = 1.0
+        x[torch.arange(len(rows)), 2 * rows + 1] = 16.0
+        y = torch.ops.aten._weight_int4pack_mm_for_cpu(x, packed, gs, unit)  # [rows, n]
+        out[:, i : i + len(rows)] = y.t()
+    return out
 
 
 def _check_group(in_features: int, group_size: int) -> None:

@@ -6,12 +6,24 @@ CPU feature) where lmlab does not use the kernel here; "fallback" runs everywher
 
 from __future__ import annotations
 
+import tempfile
+from pathlib import Path
+
 import pytest
 import torch
 
 from lmlab import kernels
 
 PATHS = ("fast", "fallback")
+
+# What torch and oneDNN may use capped to an AVX2-only CPU (like the AMD EPYCs without AVX-512).
+# Inductor's cache does not key on ATEN_CPU_CAPABILITY: code it compiled under one ISA, reused
+# under the other, crashed (seen 2026-12-04), so emulated runs keep a cache of their own.
+AVX2_ONLY = {
+    "ATEN_CPU_CAPABILITY": "avx2",
+    "ONEDNN_MAX_CPU_ISA": "AVX2",
+    "TORCHINDUCTOR_CACHE_DIR": str(Path(tempfile.gettempdir()) / "torchinductor_lmlab_avx2"),
+}
 
 
 def use_path(path: str, kernel: str, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -44,6 +44,9 @@ def test_int4_blocks_are_ggml_dequantization_exactly(qtype):
     assert codes.dtype == torch.uint8 and int(codes.max()) <= 15 and scale.shape == (6, 16)
     w = codes.float().view(6, 16, 32) * scale[..., None] + mins[..., None]
     assert torch.equal(w.view(6, 512), dequantize(torch.from_numpy(raw), qtype, (6, 512)))
+    wide, *rest = int4_blocks(torch.from_numpy(raw), qtype, (6, 512), dtype=torch.int32)
+    assert wide.dtype == torch.int32 and torch.equal(wide, codes.int())  # what torch packs
+    assert torch.equal(rest[0], scale) and torch.equal(rest[1], mins)
     with pytest.raises(WeightsError, match=r"Q8_0 \(6, 512\) cannot be kept as int4 blocks"):
         int4_blocks(torch.from_numpy(raw), T.Q8_0, (6, 512))
 
@@ -115,6 +118,7 @@ def test_tiny_gguf_keeps_each_format(tiny_gguf):
             "down (Q6_K)": (b.mlp.down, rb.mlp.down)}  # fmt: skip
     for what, (layer, lin) in int4.items():
         assert isinstance(layer, Int4Linear) and layer.group_size == 32, what
+        assert (layer.qweight is None) == layer.kernel, what  # the codes are held once
         w = lin.weight.detach()
         # GGUF's weights but for scale and zero rounded to bfloat16 (2**-9 relative each)
         err = ((layer.weight - w).abs().max() / w.abs().max()).item()

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from kernel_paths import spy
+from kernel_paths import AVX2_ONLY, spy
 
 from lmlab import kernels
 from lmlab.data.tasks.addition import CHARS
@@ -26,8 +26,6 @@ from lmlab.tokenizers.char import CharTokenizer
 pytestmark = pytest.mark.usefixtures("one_thread")  # see tests/conftest.py
 
 ROOT = Path(__file__).resolve().parents[1]
-# What torch and oneDNN may use capped to an AVX2-only CPU (like the AMD EPYCs without AVX-512).
-AVX2_ONLY = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
 
 
 @pytest.fixture(autouse=True)

@@ -6,6 +6,7 @@ hooks read float32 activations from a quantized model."""
 
 from __future__ import annotations
 
+import copy
 import os
 import subprocess
 import sys
@@ -13,16 +14,23 @@ from pathlib import Path
 
 import pytest
 import torch
-from kernel_paths import PATHS, spy, use_path
+from kernel_paths import AVX2_ONLY, PATHS, spy, use_path
 
-from lmlab import kernels
+from lmlab import kernels, quantized
 from lmlab.errors import InputError
 from lmlab.families import preset
 from lmlab.generate import KVCache
 from lmlab.generate.quantize import dequantized, quantize, quantize_int8
 from lmlab.interp import run_with_cache
 from lmlab.model import Transformer
-from lmlab.quantized import Int4Linear, Int8Linear, pack_nibbles, unpack_nibbles
+from lmlab.quantized import (
+    Int4Linear,
+    Int8Linear,
+    kernel_layout,
+    kernel_nibbles,
+    pack_nibbles,
+    unpack_nibbles,
+)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -113,7 +121,7 @@ def test_avx2_kernel_computes_what_avx512_does(tmp_path):
     if not kernels.available().int4_weight_only:
         pytest.skip(f"no int4 kernel here: {kernels.reasons()['int4_weight_only']}")
     env = {k: v for k, v in os.environ.items() if k != kernels.ENV}
-    env.update(ATEN_CPU_CAPABILITY="avx2", OMP_NUM_THREADS="1")
+    env.update(AVX2_ONLY, OMP_NUM_THREADS="1")
     out = tmp_path / "avx2.pt"
     r = subprocess.run([sys.executable, "-c", AVX2_SCRIPT, str(out)], cwd=ROOT, env=env,
                        capture_output=True, text=True, timeout=120)  # fmt: skip
@@ -135,6 +143,89 @@ def test_nibble_packing_round_trip_and_order():
     assert pack_nibbles(codes).tolist() == [[0x21, 0x0F]]  # column 2i low, 2i + 1 high
     rand = torch.randint(0, 16, (7, 64), dtype=torch.uint8)
     assert torch.equal(unpack_nibbles(pack_nibbles(rand)), rand)
+
+
+def needs_int4_kernel() -> None:
+    if not kernels.available().int4_weight_only:
+        pytest.skip(f"no int4 kernel here: {kernels.reasons()['int4_weight_only']}")
+
+
+@pytest.mark.parametrize("n, k", [(16, 32), (64, 256), (48, 384), (32, 160), (96, 1536)])
+def test_kernel_layout_gives_back_its_codes_exactly(n, k, monkeypatch):
+    """`kernel_nibbles` recovers every code from torch's CPU layout (all 256 byte values, in
+    chunks of inputs with a ragged last one), as `pack_nibbles` lays them out."""
+    needs_int4_kernel()
+    codes = torch.randint(0, 16, (n, k), generator=torch.Generator().manual_seed(n + k))
+    every = torch.arange(256)
+    flat = codes.view(-1)
+    flat[0 : 2 * 256 : 2], flat[1 : 2 * 256 : 2] = every % 16, every // 16  # bytes 0..255
+    monkeypatch.setattr(quantized, "_RECOVER_BYTES", 2 * (k + n) * 7)  # 7 pairs a call
+    got = kernel_nibbles(kernel_layout(codes), n, k)
+    assert got.dtype == torch.uint8 and torch.equal(got, pack_nibbles(codes))
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_int4_holds_its_codes_once_and_saves_them_portably(path, monkeypatch):
+    use_path(path, "int4_weight_only", monkeypatch)
+    codes, scale, mins, bias = blocks(64, 256, 32)
+    layer = Int4Linear.from_blocks(codes.int(), scale, mins, bias)
+    held = {name: t.numel() * t.element_size() for name, t in layer.named_buffers()}
+    want = "packed" if path == "fast" else "qweight"
+    assert held == {want: 64 * 128, "scales_and_zeros": 8 * 64 * 2 * 2}  # half a byte a code
+    sd = layer.state_dict()
+    assert list(sd) == ["bias", "scales_and_zeros", "qweight"]
+    assert torch.equal(sd["qweight"], pack_nibbles(codes)) and torch.equal(layer.codes(), codes)
+
+
+def test_int4_state_dicts_load_both_ways_into_the_same_tensors(monkeypatch):
+    needs_int4_kernel()
+    fast = Int4Linear.from_blocks(*blocks(64, 256, 32, seed=1))
+    monkeypatch.setenv(kernels.ENV, "plain")
+    kernels.reset()
+    plain = Int4Linear.from_blocks(*blocks(64, 256, 32, seed=2))
+    monkeypatch.delenv(kernels.ENV)
+    kernels.reset()
+    src = Int4Linear.from_blocks(*blocks(64, 256, 32, seed=3))
+    packed, qweight = fast.packed, plain.qweight
+    fast.load_state_dict(src.state_dict())
+    plain.load_state_dict(src.state_dict())
+    assert fast.packed is packed and plain.qweight is qweight  # refilled, not replaced
+    for layer in (fast, plain):
+        assert torch.equal(layer.codes(), src.codes()) and torch.equal(layer.weight, src.weight)
+    x = torch.randn(3, 256)
+    assert torch.equal(fast(x), src(x))
+    sd = plain.state_dict()
+    with pytest.raises(RuntimeError, match="size mismatch for qweight"):
+        fast.load_state_dict({**sd, "qweight": sd["qweight"][:, :64]})
+    with pytest.raises(RuntimeError, match=r'Missing key.*"qweight"'):
+        fast.load_state_dict({k: v for k, v in sd.items() if k != "qweight"})
+
+
+def test_int4_deepcopies_and_moves_off_the_cpu(monkeypatch):
+    """deepcopy keeps the kernel layout; `.to(dtype)` leaves it alone; a move to another device
+    carries the portable codes (here "meta", or CUDA where present, and back)."""
+    needs_int4_kernel()
+    codes, scale, mins, bias = blocks(64, 256, 32)
+    layer = Int4Linear.from_blocks(codes, scale, mins, bias)
+    x = torch.randn(3, 256)
+    twin = copy.deepcopy(layer)
+    assert twin.kernel and twin.packed.data_ptr() != layer.packed.data_ptr()
+    assert torch.equal(twin(x), layer(x))
+    packed, y = layer.packed, layer(x)
+    assert layer.to(torch.float32).packed is packed and torch.equal(layer(x), y)
+    half = copy.deepcopy(layer).half()  # the scales stay the kernel's bfloat16
+    assert half.scales_and_zeros.dtype == torch.bfloat16 and half.bias.dtype == torch.float16
+    assert torch.equal(half.scales_and_zeros, layer.scales_and_zeros) and half.kernel
+    meta = copy.deepcopy(layer).to("meta")
+    assert meta.packed is None and not meta.kernel and meta.qweight.shape == (64, 128)
+    assert meta.qweight.device.type == "meta" and "dequantized matmul" in repr(meta)
+    if torch.cuda.is_available():
+        gpu = copy.deepcopy(layer).to("cuda")
+        assert gpu.packed is None and gpu.qweight.is_cuda
+        torch.testing.assert_close(gpu(x.cuda()).cpu(), layer(x), atol=0.05, rtol=0.01)
+        back = gpu.to("cpu")
+        assert back.kernel and back.qweight is None and torch.equal(back.codes(), codes)
+        assert torch.equal(back(x), layer(x))
 
 
 @pytest.mark.parametrize("gs", [32, 64, 128])

@@ -47,7 +47,7 @@ def make_data(spec: str, block_size: int, options: dict[str, Any] | None = None)
     if not folder.is_dir():
         raise ConfigError(
             f"data={spec!r} is neither a prepared token folder nor 'shakespeare-char' nor "
-            "'task:addition|induction|trigram|maxsort'; prepare a folder with "
+            "'task:addition|addition-cot|induction|trigram|maxsort'; prepare a folder with "
             "`python -m lmlab.data.prepare FILES --out DIR` and pass data=DIR"
         )
     data = TokenData(folder, block_size)

@@ -50,6 +50,7 @@ class Config:
     loss_type: str = "dapo"
     beta: float = 0.0
     n_test: int = 2000
+    rollout_precision: str = "policy"  # or bf16 / int8 / int4 (GRPOConfig.rollout_precision)
 
 
 def exact_answer(prompts: list[str], completions: list[str], answer: list[str], **_) -> list[float]:
@@ -110,7 +111,8 @@ def run(cfg: Config, out: RunDir) -> dict:
         chat=False, system_prompt="", num_generations=cfg.num_generations,
         prompts_per_step=cfg.prompts_per_step, micro_batch_size=cfg.num_generations * cfg.prompts_per_step,
         max_new_tokens=task.answer_len, temperature=cfg.temperature, beta=cfg.beta,
-        loss_type=cfg.loss_type, train=replace(cfg.train, out_dir=str(out.path / "grpo")),
+        loss_type=cfg.loss_type, rollout_precision=cfg.rollout_precision,
+        train=replace(cfg.train, out_dir=str(out.path / "grpo")),
     )  # fmt: skip
     steps = cfg.train.max_steps
     trainer = GRPOTrainer(model, CharTokenizer(CHARS), gcfg, rl_task(task, 20000, cfg.train.seed))
@@ -131,7 +133,7 @@ A {model.cfg.n_layers}-layer GPT (d_model {model.cfg.d_model}) trained on revers
 until validation exact match reached {cfg.sft_target:.0%} (checked every {cfg.sft.eval_interval} steps; stopped after
 {sft_history[-1]["step"]} steps, {t_sft:.0f} s), then GRPO with rewards only (exact answer +
 fraction of digits right), {cfg.num_generations} samples per prompt, {cfg.prompts_per_step} prompts
-per step, loss `{cfg.loss_type}`, beta {cfg.beta}.
+per step, loss `{cfg.loss_type}`, beta {cfg.beta}, rollouts sampled by {cfg.rollout_precision}.
 
 | | exact match on {cfg.n_test} held-out pairs |
 |---|---|

@@ -38,7 +38,7 @@ class GRPOConfig:
     grad_clip, dtype, threads, seed, checkpoint_interval, out_dir (`--train.lr=3e-5`)."""
 
     model: str = "smollm2-135m-instruct"  # what `lmlab.load` accepts (the CLI loads it)
-    task: str = "arithmetic"  # arithmetic | countdown | jsonl:PATH
+    task: str = "arithmetic"  # arithmetic | countdown | riddles[:PATH] | jsonl:PATH
     task_options: dict = field(default_factory=dict)
     chat: bool = True  # wrap prompts in the tokenizer's chat template when it has one
     system_prompt: str | None = None  # None: the task's own instruction

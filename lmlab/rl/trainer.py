@@ -85,7 +85,8 @@ class GRPOTrainer:
             self.ref = copy.deepcopy(model).eval().requires_grad_(False)
         self.autocast = self.core.autocast  # float32 master weights, bf16 matmuls when asked
         self._sampler_copy: tuple[int, torch.nn.Module] | None = None  # (step, quantized copy)
-        self.sample_gen = torch.Generator().manual_seed(tcfg.seed + 1)  # which tokens
+        # which tokens: on the model's device (sampling draws there)
+        self.sample_gen = torch.Generator(self.core.dist.device).manual_seed(tcfg.seed + 1)
         self.stop_ids = sorted(
             {
                 i
@@ -187,7 +188,7 @@ class GRPOTrainer:
         )
         adv = group_advantages(rewards, G, cfg.scale_rewards)
         with self.autocast:
-            stats = self.optimize(ro, adv.values)
+            stats = self.optimize(ro, adv.values.to(self.core.dist.device))
         n_tok = int(ro.lengths.sum())
         return {
             "loss": stats.pop("loss"),

@@ -30,7 +30,8 @@ class TrainConfig:
     # model
     model: str = "gpt2-tiny"
     model_overrides: dict[str, Any] = field(default_factory=dict)
-    # data: a prepared token folder, "shakespeare-char", or "task:<addition|induction|trigram|maxsort>"
+    # data: a prepared token folder, "shakespeare-char", or
+    # "task:<addition|addition-cot|induction|trigram|maxsort>"
     data: str = "shakespeare-char"
     data_options: dict[str, Any] = field(default_factory=dict)
     block_size: int = 128

@@ -44,7 +44,9 @@ def setup(device: str = "auto") -> Dist:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank, local = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
     if cuda:
-        dev = torch.device("cuda", local) if world > 1 or device == "auto" else torch.device(device)
+        dev = torch.device("cuda" if device == "auto" else device)
+        if world > 1 or dev.index is None:  # set_device needs an index: "cuda" means this rank's
+            dev = torch.device("cuda", local)
         torch.cuda.set_device(dev)
     else:
         dev = torch.device("cpu" if device == "auto" else device)

@@ -189,30 +189,38 @@ SUPPORTED_QTYPES: tuple[GGMLQuantizationType, ...] = tuple(_DEQUANTIZERS)
 
 
 # ---------------------------------------------------- 4-bit blocks kept as codes, scales, mins
-# Each returns, for blocks uint8 [n, type_size]: codes uint8 [n, b] (0..15), and float32 scale
-# and min [n, b // 32], one pair per 32 elements, with w = code * scale + min exactly as ggml's
-# dequantization computes it (Q4_0: d * (q - 8) = q * d - 8d; Q4_K: d*sc * q - dmin*m).
+# Each fills codes [n, b] (0..15, any integer dtype) for blocks uint8 [n, type_size] and returns
+# float32 scale and min [n, b // 32], one pair per 32 elements, with w = code * scale + min exactly
+# as ggml's dequantization computes it (Q4_0: d * (q - 8) = q * d - 8d; Q4_K: d*sc * q - dmin*m).
+
+Int4Blocks = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
 
-def _int4_q4_0(b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _split_nibbles(qs: torch.Tensor, out: torch.Tensor) -> None:
+    """Bytes [..., m] -> out [..., 2, m]: low nibbles, then high ones (cast to out's dtype)."""
+    out[..., 0, :].copy_(qs & 0x0F)
+    out[..., 1, :].copy_(qs >> 4)
+
+
+def _int4_q4_0(b: torch.Tensor, codes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    _split_nibbles(b[:, 2:], codes.view(-1, 2, 16))
     d = _f16(b, 0)
-    return _nibbles(b[:, 2:]).reshape(b.shape[0], 32), d, -8 * d
+    return d, -8 * d
 
 
-def _int4_q4_1(b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    return _nibbles(b[:, 4:]).reshape(b.shape[0], 32), _f16(b, 0), _f16(b, 2)
+def _int4_q4_1(b: torch.Tensor, codes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    _split_nibbles(b[:, 4:], codes.view(-1, 2, 16))
+    return _f16(b, 0), _f16(b, 2)
 
 
-def _int4_q4_k(b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _int4_q4_k(b: torch.Tensor, codes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     n = b.shape[0]
     sc, m = _k_scale_min(b[:, 4:16])
-    codes = _nibbles(b[:, 16:].reshape(n, 4, 32)).reshape(n, QK_K)
-    return codes, _f16(b, 0) * sc.float(), -(_f16(b, 2) * m.float())
+    _split_nibbles(b[:, 16:].reshape(n, 4, 32), codes.view(n, 4, 2, 32))
+    return _f16(b, 0) * sc.float(), -(_f16(b, 2) * m.float())
 
 
-_INT4_BLOCKS: dict[
-    GGMLQuantizationType, Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
-] = {
+_INT4_BLOCKS: dict[GGMLQuantizationType, Int4Blocks] = {
     GGMLQuantizationType.Q4_0: _int4_q4_0,
     GGMLQuantizationType.Q4_1: _int4_q4_1,
     GGMLQuantizationType.Q4_K: _int4_q4_k,
@@ -221,10 +229,15 @@ INT4_QTYPES: tuple[GGMLQuantizationType, ...] = tuple(_INT4_BLOCKS)
 
 
 def int4_blocks(
-    raw: torch.Tensor | np.ndarray, qtype: GGMLQuantizationType, shape: Sequence[int]
+    raw: torch.Tensor | np.ndarray,
+    qtype: GGMLQuantizationType,
+    shape: Sequence[int],
+    dtype: torch.dtype = torch.uint8,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """A 2-D Q4_0 / Q4_1 / Q4_K tensor as (codes uint8 [out, in], scale, min float32
-    [out, in / 32]) with w = codes * scale + min per group of 32 (no float weight is built)."""
+    """A 2-D Q4_0 / Q4_1 / Q4_K tensor as (codes [out, in] of `dtype`, scale, min float32
+    [out, in / 32]) with w = codes * scale + min per group of 32 (no float weight is built).
+
+    The codes are written once, straight from the bytes (torch's int4 packing takes int32)."""
     qtype = GGMLQuantizationType(qtype)
     fn = _INT4_BLOCKS.get(qtype)
     if fn is None or len(shape) != 2:
@@ -236,8 +249,14 @@ def int4_blocks(
     data = _as_uint8(raw)
     if data.numel() != quant_nbytes(qtype, shape):
         raise WeightsError(f"{qtype.name} data for shape {tuple(shape)} has the wrong size")
-    codes, scale, mins = fn(data.view(-1, GGML_QUANT_SIZES[qtype][1]))
-    return codes.reshape(out, k), scale.reshape(out, k // 32), mins.reshape(out, k // 32)
+    block_size, type_size = GGML_QUANT_SIZES[qtype]
+    blocks = data.view(-1, type_size)
+    codes = torch.empty(out, k, dtype=dtype)
+    flat = codes.view(-1, block_size)
+    step = max(1, _CHUNK_BYTES // type_size)
+    pairs = [fn(blocks[i : i + step], flat[i : i + step]) for i in range(0, len(blocks), step)]
+    scale, mins = (torch.cat(p) if len(p) > 1 else p[0] for p in zip(*pairs, strict=True))
+    return codes, scale.reshape(out, k // 32), mins.reshape(out, k // 32)
 
 
 def supported_names() -> str:
