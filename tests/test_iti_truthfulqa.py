@@ -125,6 +125,20 @@ def test_head_probe_accuracy_finds_the_one_informative_head() -> None:
     assert iti.top_heads(accs, 1) == [(2, 1)]
 
 
+def test_choice_maximises_validation_mc2_under_the_perplexity_cap() -> None:
+    from lmlab.recipes.iti_truthfulqa import choose_setting
+
+    grid = [
+        {"k": 0, "alpha": 0.0, "mc2": 0.40, "ppl": 45.0},  # unsteered: always allowed
+        {"k": 16, "alpha": 5.0, "mc2": 0.46, "ppl": 70.0},
+        {"k": 16, "alpha": 15.0, "mc2": 0.52, "ppl": 1000.0},  # best MC2, model wrecked
+        {"k": 48, "alpha": 5.0, "mc2": 0.46, "ppl": 60.0},  # ties on MC2: smaller alpha, K
+    ]
+    assert choose_setting(grid, 2 * 45.0) == grid[1]
+    assert choose_setting(grid) == grid[2]  # no cap
+    assert choose_setting(grid, 1.0) == grid[0]  # nothing else fits: unsteered
+
+
 @pytest.fixture(scope="module")
 def smollm2_installed() -> None:
     if packaged_path("smollm2-135m-instruct") is None:
@@ -189,6 +203,7 @@ def test_recipe_chooses_on_the_training_fold_and_reports_held_out_mc(
     assert 10 < m["base_ppl"] < 200
     for info in m["folds"]:
         assert info["chosen"]["k"] in (0, 4) and info["test_questions"] == 6
+        assert info["ppl"] <= cfg.max_ppl_ratio * m["base_ppl"] + 1e-6  # the cap holds
         if info["chosen"]["alpha"] == 0:
             assert info["ppl"] == m["base_ppl"]
             assert info["held_out_difference"]["mc2"]["mean"] == 0  # unsteered = baseline

@@ -51,6 +51,8 @@ class Config:
     alphas: list[float] = field(default_factory=lambda: [5.0, 15.0])
     probe_steps: int = 200
     ppl_tokens: int = 256
+    # a setting may raise perplexity (ppl_tokens of tinyshakespeare) at most this much; 0 = no cap
+    max_ppl_ratio: float = 2.0
     batch_size: int = 16
     seed: int = 0
     threads: int = 1  # one thread wastes less on a shared, oversubscribed CPU
@@ -126,9 +128,11 @@ def validation_split(train_q: list[int], val_frac: float, seed: int) -> tuple[li
     return shuffled[:n_val], shuffled[n_val:]
 
 
-def choose_setting(grid: list[dict]) -> dict:
-    """The grid row with the highest validation MC2 (ties: smaller alpha, then smaller K)."""
-    return max(grid, key=lambda g: (g["mc2"], -g["alpha"], -g["k"]))
+def choose_setting(grid: list[dict], max_ppl: float = 0.0) -> dict:
+    """The grid row with the highest validation MC2 (ties: smaller alpha, then smaller K) among
+    those whose perplexity is at most `max_ppl` (0: all); the unsteered row (first) always is."""
+    allowed = [grid[0]] + [g for g in grid[1:] if max_ppl <= 0 or g["ppl"] <= max_ppl]
+    return max(allowed, key=lambda g: (g["mc2"], -g["alpha"], -g["k"]))
 
 
 def _ci_row(values: np.ndarray, seed: int) -> dict:
@@ -184,23 +188,25 @@ def run(cfg: Config, out: RunDir) -> dict:
         y_fit = pairs.labels[fit_rows]
         grid_rows = pairs.rows(grid_q)
         base_val = question_scores(pairs, base_lp[grid_rows], grid_q)
-        grid = [{"k": 0, "alpha": 0.0, **{m: round(float(base_val[m].mean()), 4) for m in METRICS}}]
+        grid = [{"k": 0, "alpha": 0.0, "ppl": round(base_ppl, 3),
+                 **{m: round(float(base_val[m].mean()), 4) for m in METRICS}}]  # fmt: skip
         dirs_for = {}
         for k in cfg.ks:
             dirs_for[k] = iti.truth_directions(acts[fit_rows], y_fit, ranked[:k])
             for a in cfg.alphas:
                 with dirs_for[k].vector(model, a).apply(model):
                     lps = score(model, pairs, grid_q, cfg.batch_size)
+                    ppl = iti.perplexity(model, ppl_tokens)
                 s = question_scores(pairs, lps, grid_q)
-                grid.append({"k": k, "alpha": a, **{m: round(float(s[m].mean()), 4) for m in METRICS}})  # fmt: skip
+                grid.append({"k": k, "alpha": a, "ppl": round(ppl, 3),
+                             **{m: round(float(s[m].mean()), 4) for m in METRICS}})  # fmt: skip
                 log(f"fold {f + 1}: K={k} alpha={a} val MC2 {grid[-1]['mc2']:.4f} "
-                    f"(baseline {grid[0]['mc2']:.4f})")  # fmt: skip
-        best = choose_setting(grid)
-        ppl = base_ppl
+                    f"(baseline {grid[0]['mc2']:.4f}), perplexity {ppl:.1f}")  # fmt: skip
+        best = choose_setting(grid, cfg.max_ppl_ratio * base_ppl)
+        ppl = best["ppl"]
         if best["alpha"] > 0:
             with dirs_for[best["k"]].vector(model, best["alpha"]).apply(model):
                 iti_lp[pairs.rows(test_q)] = score(model, pairs, test_q, cfg.batch_size)
-                ppl = iti.perplexity(model, ppl_tokens)
         log(f"fold {f + 1}: chose K={best['k']} alpha={best['alpha']}; held-out fold scored")
         test_rows = pairs.rows(test_q)
         b_f = question_scores(pairs, base_lp[test_rows], test_q)
@@ -293,8 +299,8 @@ def _report(cfg: Config, m: dict) -> str:
         two_way = cfg.max_correct == 1 and cfg.max_incorrect == 1
         below = two_way and h["mc1"]["baseline"]["mean"] < 0.5
         verdicts.append(
-            f"Cost: the chosen settings raise perplexity up to {worst:.1f}x (the choice looks at "
-            "MC2 only). A damaged model drifts toward chance"
+            f"Cost: the chosen settings raise perplexity up to {worst:.1f}x (cap: "
+            f"{cfg.max_ppl_ratio or 'none'}). A damaged model drifts toward chance"
             + (
                 ", and the unsteered model is below chance here (it prefers the imitative "
                 "falsehoods), so part of the gain may be degradation rather than truthfulness"
@@ -323,11 +329,11 @@ def _report(cfg: Config, m: dict) -> str:
                 if k in ("mc1", "mc2")
             ),
             "",
-            "| K | alpha | val MC1 | val MC1-best | val MC2 |",
-            "|---|---|---|---|---|",
+            "| K | alpha | val MC1 | val MC1-best | val MC2 | perplexity |",
+            "|---|---|---|---|---|---|",
             *[
                 f"| {g['k']} | {g['alpha']} | {g['mc1']:.3f} | {g['mc1_best']:.3f} | "
-                f"{g['mc2']:.3f} |"
+                f"{g['mc2']:.3f} | {g.get('ppl', float('nan')):.1f} |"
                 for g in info["grid"]
             ],
             "",
@@ -344,7 +350,10 @@ def _report(cfg: Config, m: dict) -> str:
         "Two folds of whole questions. In each, probes and truth directions use the training "
         f"fold less {cfg.val_frac:.0%} of its questions; those validation questions rank the "
         "heads by probe accuracy and choose (K, alpha) by mean MC2 (alpha 0 = unsteered is in the "
-        "grid). The held-out fold is then scored once. Intervention: alpha * sigma * theta added "
+        "grid) among the settings that raise perplexity at most "
+        + (f"{cfg.max_ppl_ratio:g}x" if cfg.max_ppl_ratio > 0 else "without limit")
+        + " (the first "
+        f"{cfg.ppl_tokens} tinyshakespeare tokens). The held-out fold is then scored once. Intervention: alpha * sigma * theta added "
         "to each chosen head's z at every position (theta: unit mass-mean correct - incorrect "
         "direction). Pooled over both folds, every question is scored once by a model steered "
         "with directions fitted without it.",
