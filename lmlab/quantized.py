@@ -194,12 +194,17 @@ class Int4Linear(nn.Module):
         self.kernel_ok = (
             kernels.available().int4_weight_only and self.out_features % _KERNEL_ROWS == 0
         )
-        self.kernel = self.kernel_ok and codes.device.type == "cpu"
+        packs = self.kernel_ok and codes.device.type == "cpu"
         sz = torch.stack((scale, zero), dim=-1).transpose(0, 1).contiguous()  # [G, out, 2]
         self.register_buffer("scales_and_zeros", sz.to(torch.bfloat16))
-        self.register_buffer("qweight", None if self.kernel else pack_nibbles(codes))
-        self.register_buffer("packed", kernel_layout(codes) if self.kernel else None, False)
+        self.register_buffer("qweight", None if packs else pack_nibbles(codes))
+        self.register_buffer("packed", kernel_layout(codes) if packs else None, False)
         self.bias = _bias(bias)
+
+    @property
+    def kernel(self) -> bool:
+        """Whether forward runs torch's packed int4 kernel: exactly when the layer holds `packed`."""
+        return self.packed is not None
 
     def nibbles(self) -> torch.Tensor:
         """The codes in the portable layout, uint8 [out, in / 2] (`qweight`, or recovered)."""
@@ -250,14 +255,13 @@ class Int4Linear(nn.Module):
         """`.to(device)` and the like: `packed` lives on the CPU only, `qweight` anywhere; the
         scales stay bfloat16 (the kernel's) under `.to(dtype)`, `.float()`, `.half()`."""
         if self.packed is not None and fn(torch.zeros(0, dtype=torch.uint8)).device.type != "cpu":
-            self.qweight, self.packed, self.kernel = self.nibbles(), None, False
+            self.qweight, self.packed = self.nibbles(), None
         sz = self.scales_and_zeros
         super()._apply(fn, recurse)
         if self.scales_and_zeros.dtype != sz.dtype:
             self.scales_and_zeros = sz.to(self.scales_and_zeros.device)
         if self.packed is None and self.kernel_ok and self.qweight.device.type == "cpu":
             self.packed, self.qweight = kernel_layout(unpack_nibbles(self.qweight)), None
-            self.kernel = True
         return self
 
     @property
