@@ -11,8 +11,6 @@ import pytest
 import torch
 
 from lmlab.errors import InputError
-from lmlab.families import preset
-from lmlab.model import Transformer
 from lmlab.optim import Muon, muon_param_groups, orthogonalize
 from lmlab.optim.newton_schulz import KELLER, iterate
 from lmlab.optim.per_step import (
@@ -23,6 +21,7 @@ from lmlab.optim.per_step import (
     per_step_schedule,
     schedule_image,
 )
+from tests.test_muon import loss_drop, tiny
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # see tests/conftest.py
 
@@ -137,18 +136,6 @@ def test_bf16_worst_case_beats_keller_on_real_gradients(shared_data):
 # ---------------------------------------------------------------------------- Muon and the trainer
 
 
-def tiny(seed: int = 0) -> Transformer:
-    torch.manual_seed(seed)
-    over = dict(d_model=32, n_heads=2, n_kv_heads=2, head_dim=16, d_ff=64, vocab_size=50)
-    return Transformer(preset("gpt2-tiny", **over))
-
-
-def loss_of(model: Transformer, step: int) -> torch.Tensor:
-    x = torch.randint(0, 50, (4, 16), generator=torch.Generator().manual_seed(1000 + step))
-    logits = model(x[:, :-1])
-    return torch.nn.functional.cross_entropy(logits.flatten(0, 1), x[:, 1:].flatten())
-
-
 def test_muon_per_step_update_and_training():
     W = torch.nn.Parameter(torch.randn(48, 16, generator=torch.Generator().manual_seed(0)))
     W0, G = W.detach().clone(), torch.randn(48, 16, generator=torch.Generator().manual_seed(1))
@@ -163,12 +150,7 @@ def test_muon_per_step_update_and_training():
 
     model = tiny()
     opt = Muon(muon_param_groups(model), lr=0.02, ns_coeffs="per-step")
-    first = loss_of(model, 0).item()
-    for s in range(40):
-        loss_of(model, s % 4).backward()
-        opt.step()
-        opt.zero_grad()
-    assert loss_of(model, 0).item() < first - 1.0
+    assert loss_drop(model, opt) > 1.0
     buf = io.BytesIO()  # the schedule survives a checkpoint round trip
     torch.save(opt.state_dict(), buf)
     buf.seek(0)
