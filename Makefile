@@ -16,6 +16,8 @@ $(BIN)/python:
 $(VENV)/.installed: $(BIN)/python pyproject.toml constraints.txt
 	$(BIN)/pip install -q $(PIN) torch==2.13.0
 	$(BIN)/pip install -q $(PIN) -e '.[dev]'
+	@# lmlab's AVX2 kernels, built once (else built on first use; without a compiler torch's run)
+	$(BIN)/python -m lmlab.native || echo "lmlab: C++ kernels not built; torch's kernels will run"
 	touch $@
 
 setup: $(VENV)/.installed

@@ -8,8 +8,10 @@ run once on a tiny input, checked against the plain computation, and used only i
 elsewhere the plain torch path runs (same results for packing, just slower).
 
 Environment: `LMLAB_KERNELS=plain` turns every optional kernel off, e.g. to exercise the fallbacks
-on a machine that has the kernels (unset, empty or `auto`: use what the probes allow). `available()`
-reads it at each call: packing decides when a decoder builds `PackedWeights`, an `Int8Linear` when built.
+on a machine that has the kernels; `LMLAB_KERNELS=-native_gemv` (names, comma-separated, each with a
+minus) turns those off, e.g. to run torch's int4 kernel where lmlab's own would be chosen (unset,
+empty or `auto`: use what the probes allow). `available()` reads it at each call: packing decides
+when a decoder builds `PackedWeights`, a quantized linear when built.
 Run `lmlab doctor` to see what is used here.
 """
 
@@ -20,7 +22,7 @@ import os
 import platform
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 
 import torch
 
@@ -67,6 +69,7 @@ class Kernels:
     int8_weight_only: bool  # fused int8-weight matmul (torch.ops.aten._weight_int8pack_mm)
     int4_weight_only: bool  # packed int4-weight matmul (aten._weight_int4pack_mm_for_cpu)
     int8_dynamic: bool  # fbgemm int8 x int8 matmul (torch.ops.quantized.linear_dynamic)
+    native_gemv: bool  # lmlab's own AVX2 int4 / int8-weight float32 products (lmlab.native)
 
 
 NAMES = tuple(f.name for f in fields(Kernels))
@@ -79,6 +82,7 @@ USES = {
     "int8_weight_only": "fused int8-weight matmul (quantize_int8 kind='int8')",
     "int4_weight_only": "packed int4-weight matmul (quantize kind='int4', GGUF keep_quantized)",
     "int8_dynamic": "fbgemm int8 matmul (quantize_int8 kind='int8-dynamic')",
+    "native_gemv": "lmlab's AVX2 int4 / int8-weight float32 products (first choice for both)",
 }
 FALLBACKS = {
     "packed_fp32": "plain nn.Linear (same results, slower)",
@@ -86,27 +90,43 @@ FALLBACKS = {
     "int8_weight_only": "dequantize and matmul (same quality, slower)",
     "int4_weight_only": "dequantize and matmul (same quality, slower)",
     "int8_dynamic": "none: quantize_int8(kind='int8-dynamic') raises; use kind='int8'",
+    "native_gemv": "torch's packed int4 / int8 kernels (bfloat16; slow without AVX-512)",
 }
+
+
+def forced_off() -> tuple[str, ...]:
+    """The kernels `LMLAB_KERNELS` turns off: all for `plain`, the named ones for `-a,-b`."""
+    value = os.environ.get(ENV, "").strip().lower()
+    if value in ("", "auto"):
+        return ()
+    if value == "plain":
+        return NAMES
+    names = [part.strip() for part in value.split(",")]
+    wrong = [n for n in names if not n.startswith("-") or n[1:] not in NAMES]
+    if wrong:
+        raise InputError(
+            f"{ENV}={value!r}: use 'plain' (no optional kernels), '-name,...' to turn kernels off "
+            f"(names: {', '.join(NAMES)}), or 'auto' / unset"
+        )
+    return tuple(n[1:] for n in names)
 
 
 def forced_plain() -> bool:
     """`LMLAB_KERNELS=plain` is set: every optional kernel is off."""
-    value = os.environ.get(ENV, "").strip().lower()
-    if value not in ("", "auto", "plain"):
-        raise InputError(f"{ENV}={value!r}: use 'plain' (no optional kernels) or 'auto' / unset")
-    return value == "plain"
+    return forced_off() == NAMES
 
 
 def available() -> Kernels:
-    """The kernels lmlab uses here: those whose probe passed, none under `LMLAB_KERNELS=plain`."""
-    return PLAIN if forced_plain() else _probed()
+    """The kernels lmlab uses here: those whose probe passed and `LMLAB_KERNELS` leaves on."""
+    off = forced_off()
+    return replace(_probed(), **dict.fromkeys(off, False)) if off else _probed()
 
 
 def reasons() -> dict[str, str]:
     """Kernel name -> why lmlab does not use it here ('' for those it uses)."""
-    if forced_plain():
-        return dict.fromkeys(NAMES, f"forced off by {ENV}=plain")
-    return dict(probe())
+    off, why = forced_off(), dict(probe()) if not forced_plain() else {}
+    value = os.environ.get(ENV, "").strip()
+    return {n: f"forced off by {ENV}={value}" if n in off else why[n] for n in NAMES}
 
 
 @functools.cache
@@ -119,6 +139,12 @@ def _probed() -> Kernels:
 def probe() -> dict[str, str]:
     """Kernel name -> '' if it ran correctly on a tiny input, else why not (run once, cached)."""
     return {name: _run(check) for name, check in PROBES.items()}
+
+
+def torch_batches_fast() -> bool:
+    """Whether torch's int4 / int8 CPU kernels run their AVX-512 code here (bfloat16 dot products:
+    faster than lmlab's AVX2 kernel on batches of rows; on AVX2 they are 10x slower)."""
+    return torch.backends.cpu.get_cpu_capability().startswith("AVX512")
 
 
 def reset() -> None:
@@ -236,10 +262,32 @@ def _int8_dynamic() -> None:
     _expect(got, x @ (q.float() * scale[:, None]).T + b, 1.0)  # 7-bit inputs
 
 
+def _native_gemv() -> None:
+    from lmlab import native
+
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        raise RuntimeError(f"lmlab's C++ kernels are for x86-64 CPUs, not {platform.machine()}")
+    missing = {"avx2", "fma"} - set(cpu_features())
+    if missing:
+        raise RuntimeError(f"this CPU lacks {', '.join(sorted(missing))}")
+    native.load()
+    x, _, _ = _inputs(torch.float32)
+    q = torch.randint(0, 16, (16, 32), generator=torch.Generator().manual_seed(1))
+    scale, zero = 2.0**-6, 2.0**-5  # exact in bfloat16
+    sz = torch.tensor([scale, zero], dtype=torch.bfloat16).expand(16, 1, 2).contiguous()
+    nibbles = (q[:, 0::2] | (q[:, 1::2] << 4)).to(torch.uint8)
+    got = torch.ops.lmlab_native.int4_linear(x, nibbles, sz, 32)
+    _expect(got, x @ ((q.float() - 8) * scale + zero).T, 1e-4)
+    q8 = (q - 8).to(torch.int8)
+    got = torch.ops.lmlab_native.int8_linear(x, q8, torch.full((16,), scale, dtype=torch.bfloat16))
+    _expect(got, (x @ q8.float().T) * scale, 1e-4)
+
+
 PROBES: dict[str, Callable[[], None]] = {
     "packed_fp32": _packed_fp32,
     "packed_bf16": _packed_bf16,
     "int8_weight_only": _int8_weight_only,
     "int4_weight_only": _int4_weight_only,
     "int8_dynamic": _int8_dynamic,
+    "native_gemv": _native_gemv,
 }

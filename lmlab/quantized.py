@@ -7,10 +7,12 @@ weights are a quarter of float32's bytes, int4 an eighth (plus one scale and zer
   and zero per group and row: w = (q - 8) * scale + zero with q in 0..15 (the convention of torch's
   packed int4 CPU kernel; GGUF's Q4_0 / Q4_1 / Q4_K blocks map onto it without a float round trip).
 Scales and zeros are held in bfloat16, as the kernels take them; `.weight` is exactly the float32
-weight the layer computes with. Both compute in bfloat16 on torch's packed CPU kernels where
-`lmlab.kernels` found them working (decided once, when the layer is built: torch.compile cannot
-trace the probes), else dequantize and multiply in float32 (any device, slower). Outputs come back
-in the input's dtype. Only used when asked (`lmlab.generate.quantize`, `lmlab.load(...,
+weight the layer computes with. On the CPU, each layer multiplies with the first kernel
+`lmlab.kernels` found working (decided once, when the layer is built: torch.compile cannot trace
+the probes): lmlab's own AVX2 kernels (`lmlab.native`: float32 inputs, the result of a float32
+product with `.weight` up to summation order), else torch's packed kernels (bfloat16 inputs), else
+dequantize and multiply in float32 (also the path on other devices). Outputs come back in the
+input's dtype. Only used when asked (`lmlab.generate.quantize`, `lmlab.load(...,
 keep_quantized=True)`); training and interpretability keep full-precision layers.
 """
 
@@ -75,7 +77,10 @@ class Int8Linear(nn.Module):
         self.out_features, self.in_features = q.shape
         self.compute_dtype = dtype
         # decided once here, not per call: torch.compile cannot trace the probes
-        self.kernel = kernels.available().int8_weight_only
+        self.native = kernels.available().native_gemv
+        self.kernel = kernels.available().int8_weight_only and (
+            not self.native or kernels.torch_batches_fast()
+        )
         self.register_buffer("qweight", q.contiguous())
         self.register_buffer("scale", scale.detach().to(dtype).contiguous())
         self.bias = _bias(bias)
@@ -91,18 +96,25 @@ class Int8Linear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
-        x2 = x.reshape(-1, shape[-1]).to(self.compute_dtype).contiguous()
-        if self.kernel and x.device.type == "cpu":
+        x2 = x.reshape(-1, shape[-1])
+        if _native_rows(self.native, self.kernel, x2):
+            y = torch.ops.lmlab_native.int8_linear(
+                x2.float().contiguous(), self.qweight, self.scale
+            )
+        elif self.kernel and x.device.type == "cpu":
+            x2 = x2.to(self.compute_dtype).contiguous()
             y = torch.ops.aten._weight_int8pack_mm(x2, self.qweight, self.scale)
         else:
-            y = F.linear(x2, self.qweight.to(self.compute_dtype)) * self.scale
+            y = (
+                F.linear(x2.to(self.compute_dtype), self.qweight.to(self.compute_dtype))
+                * self.scale
+            )
         y = y.to(x.dtype).view(*shape[:-1], self.out_features)
         return y + self.bias.to(y.dtype) if self.bias is not None else y
 
     def extra_repr(self) -> str:
-        how = "fused int8 kernel" if self.kernel else "dequantized matmul"
-        sizes = f"in={self.in_features}, out={self.out_features}"
-        return f"{sizes}, int8 weights, {self.compute_dtype}, {how}"
+        how = _kernels_used(self.native, self.kernel, "fused int8 kernel", self.compute_dtype)
+        return f"in={self.in_features}, out={self.out_features}, int8 weights, {how}"
 
 
 def pack_nibbles(q: torch.Tensor) -> torch.Tensor:
@@ -136,11 +148,13 @@ def int4_params(
 class Int4Linear(nn.Module):
     """y = x @ W^T + b with W = (q - 8) * scale + zero per group of `group_size` input columns.
 
-    Holds `scales_and_zeros` bfloat16 [groups, out, 2] and the 4-bit codes once: on the kernel
-    path as `packed`, torch's CPU-specific layout (never saved), else as `qweight`, two codes a
-    byte in `pack_nibbles`' portable layout. A state dict always holds `qweight` (recovered from
-    `packed` exactly, `kernel_nibbles`), so it loads with or without the kernel, on any device;
-    moving the layer off the CPU turns `packed` into `qweight`, moving it back packs it again.
+    Holds `scales_and_zeros` bfloat16 [groups, out, 2] (stored [out, groups, 2] for lmlab's
+    kernel) and the 4-bit codes: as `qweight`, two codes a byte in `pack_nibbles`' portable layout
+    (what lmlab's kernel reads), and/or as `packed`, torch's CPU-specific layout (never saved).
+    Only where both kernels are used (AVX-512: lmlab's for decoding, torch's for batches) are the
+    codes held twice. A state dict always holds `qweight` (recovered from `packed` exactly,
+    `kernel_nibbles`), so it loads with or without the kernels, on any device; moving the layer
+    off the CPU turns `packed` into `qweight`, moving it back packs it again.
     """
 
     def __init__(
@@ -191,13 +205,17 @@ class Int4Linear(nn.Module):
         self.out_features, self.in_features = codes.shape
         self.group_size, self.compute_dtype = group_size, dtype
         # decided once here, not per call: torch.compile cannot trace the probes
+        self.native = kernels.available().native_gemv
         self.kernel_ok = (
-            kernels.available().int4_weight_only and self.out_features % _KERNEL_ROWS == 0
+            kernels.available().int4_weight_only
+            and self.out_features % _KERNEL_ROWS == 0
+            and (not self.native or kernels.torch_batches_fast())
         )
         packs = self.kernel_ok and codes.device.type == "cpu"
-        sz = torch.stack((scale, zero), dim=-1).transpose(0, 1).contiguous()  # [G, out, 2]
-        self.register_buffer("scales_and_zeros", sz.to(torch.bfloat16))
-        self.register_buffer("qweight", None if packs else pack_nibbles(codes))
+        sz = torch.stack((scale, zero), dim=-1).to(torch.bfloat16).transpose(0, 1)  # [G, out, 2]
+        # the native kernel reads each row's groups in one stream: held [out, G, 2], seen transposed
+        self.register_buffer("scales_and_zeros", sz if self.native else sz.contiguous())
+        self.register_buffer("qweight", None if packs and not self.native else pack_nibbles(codes))
         self.register_buffer("packed", kernel_layout(codes) if packs else None, False)
         self.bias = _bias(bias)
 
@@ -208,7 +226,7 @@ class Int4Linear(nn.Module):
 
     def nibbles(self) -> torch.Tensor:
         """The codes in the portable layout, uint8 [out, in / 2] (`qweight`, or recovered)."""
-        if self.packed is None:
+        if self.qweight is not None:
             return self.qweight
         return kernel_nibbles(self.packed, self.out_features, self.in_features)
 
@@ -261,7 +279,8 @@ class Int4Linear(nn.Module):
         if self.scales_and_zeros.dtype != sz.dtype:
             self.scales_and_zeros = sz.to(self.scales_and_zeros.device)
         if self.packed is None and self.kernel_ok and self.qweight.device.type == "cpu":
-            self.packed, self.qweight = kernel_layout(unpack_nibbles(self.qweight)), None
+            self.packed = kernel_layout(unpack_nibbles(self.qweight))
+            self.qweight = self.qweight if self.native else None
         return self
 
     @property
@@ -279,12 +298,17 @@ class Int4Linear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
         x2 = x.reshape(-1, shape[-1])
-        if self.kernel and x.device.type == "cpu":
+        if _native_rows(self.native, self.kernel, x2):
+            sz = self.scales_and_zeros.transpose(0, 1).contiguous()  # a view of what it holds
+            y = torch.ops.lmlab_native.int4_linear(
+                x2.float().contiguous(), self.qweight, sz, self.group_size
+            )
+        elif self.kernel and x.device.type == "cpu":
             y = torch.ops.aten._weight_int4pack_mm_for_cpu(
                 x2.to(self.compute_dtype).contiguous(),
                 self.packed,
                 self.group_size,
-                self.scales_and_zeros,
+                self.scales_and_zeros.contiguous(),
             )
         else:
             y = F.linear(x2.to(self.compute_dtype).float(), self.dequantize())
@@ -292,9 +316,29 @@ class Int4Linear(nn.Module):
         return y + self.bias.to(y.dtype) if self.bias is not None else y
 
     def extra_repr(self) -> str:
-        how = "packed int4 kernel" if self.kernel else "dequantized matmul"
+        how = _kernels_used(self.native, self.kernel, "packed int4 kernel", self.compute_dtype)
         sizes = f"in={self.in_features}, out={self.out_features}"
-        return f"{sizes}, int4 weights (group {self.group_size}), {self.compute_dtype}, {how}"
+        return f"{sizes}, int4 weights (group {self.group_size}), {how}"
+
+
+NATIVE_ROWS = 4  # up to this many input rows, lmlab's kernel; above, torch's where it is fast
+
+
+def _native_rows(native: bool, torch_kernel: bool, x2: torch.Tensor) -> bool:
+    """Whether a layer multiplies `x2` [rows, in] with lmlab's own kernel: on the CPU, always
+    where it has no torch kernel, else for decoding-sized row counts (torch's batches faster)."""
+    if not native or x2.device.type != "cpu":
+        return False
+    return not torch_kernel or x2.shape[0] <= NATIVE_ROWS
+
+
+def _kernels_used(native: bool, torch_kernel: bool, name: str, dtype: torch.dtype) -> str:
+    """How a quantized layer multiplies, for its repr."""
+    ours = "lmlab AVX2 kernel, float32"
+    theirs = f"{name}, {str(dtype).removeprefix('torch.')}"
+    if native and torch_kernel:
+        return f"{ours} up to {NATIVE_ROWS} rows, {theirs} above"
+    return ours if native else theirs if torch_kernel else "dequantized matmul"
 
 
 def kernel_layout(codes: torch.Tensor) -> torch.Tensor:

@@ -27,13 +27,17 @@ AVX2_ONLY = {
 
 
 def use_path(path: str, kernel: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Set up `path` for `kernel`: skip "fast" where lmlab does not use it; "fallback" forces every
+    """Set up `path` for `kernel`: skip "fast" where lmlab does not use it (for torch's kernels,
+    with lmlab's own `native_gemv`, which layers choose first, turned off); "fallback" forces every
     optional kernel off."""
     if path == "fallback":
         monkeypatch.setenv(kernels.ENV, "plain")
         kernels.reset()
         assert not getattr(kernels.available(), kernel)
-    elif not getattr(kernels.available(), kernel):
+        return
+    if kernel != "native_gemv":
+        monkeypatch.setenv(kernels.ENV, "-native_gemv")
+    if not getattr(kernels.available(), kernel):
         pytest.skip(f"lmlab does not use {kernel} here: {kernels.reasons()[kernel]}")
 
 

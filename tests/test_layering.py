@@ -50,6 +50,7 @@ LAYERS: list[tuple[str, ...]] = [
         "lmlab.runs",
         "lmlab.checkpoints",
         "lmlab.kernels",
+        "lmlab.native",
         "lmlab.devices",
         "lmlab.linear_cross_entropy",
         "lmlab.packaged",

@@ -94,7 +94,7 @@ def test_int4_fallback_equals_the_kernel(monkeypatch):
     torch.testing.assert_close(plain(x), fast(x), atol=0.02, rtol=0.01)
     # state dicts hold the portable layout: each loads into the other
     assert torch.equal(fast.state_dict()["qweight"], plain.state_dict()["qweight"])
-    monkeypatch.delenv(kernels.ENV)
+    monkeypatch.setenv(kernels.ENV, "-native_gemv")
     other = Int4Linear.from_blocks(*blocks(64, 256, 64, seed=1), group_size=64)
     other.load_state_dict(plain.state_dict())
     assert other.kernel and torch.equal(other.weight, plain.weight)
@@ -115,13 +115,12 @@ torch.save({"y": layer(x), "sd": layer.state_dict(), "kernel": layer.kernel,
 """
 
 
-def test_avx2_kernel_computes_what_avx512_does(tmp_path):
+def test_avx2_kernel_computes_what_avx512_does(tmp_path, monkeypatch):
     """ATEN_CPU_CAPABILITY=avx2 (an AVX2-only CPU for torch's kernels) packs int4 differently
     but gives the same results, and its state dict loads here."""
-    if not kernels.available().int4_weight_only:
-        pytest.skip(f"no int4 kernel here: {kernels.reasons()['int4_weight_only']}")
+    use_path("fast", "int4_weight_only", monkeypatch)
     env = {k: v for k, v in os.environ.items() if k != kernels.ENV}
-    env.update(AVX2_ONLY, OMP_NUM_THREADS="1")
+    env.update(AVX2_ONLY, OMP_NUM_THREADS="1", LMLAB_KERNELS="-native_gemv")
     out = tmp_path / "avx2.pt"
     r = subprocess.run([sys.executable, "-c", AVX2_SCRIPT, str(out)], cwd=ROOT, env=env,
                        capture_output=True, text=True, timeout=120)  # fmt: skip
@@ -145,16 +144,15 @@ def test_nibble_packing_round_trip_and_order():
     assert torch.equal(unpack_nibbles(pack_nibbles(rand)), rand)
 
 
-def needs_int4_kernel() -> None:
-    if not kernels.available().int4_weight_only:
-        pytest.skip(f"no int4 kernel here: {kernels.reasons()['int4_weight_only']}")
+def needs_int4_kernel(monkeypatch: pytest.MonkeyPatch) -> None:
+    use_path("fast", "int4_weight_only", monkeypatch)
 
 
 @pytest.mark.parametrize("n, k", [(16, 32), (64, 256), (48, 384), (32, 160), (96, 1536)])
 def test_kernel_layout_gives_back_its_codes_exactly(n, k, monkeypatch):
     """`kernel_nibbles` recovers every code from torch's CPU layout (all 256 byte values, in
     chunks of inputs with a ragged last one), as `pack_nibbles` lays them out."""
-    needs_int4_kernel()
+    needs_int4_kernel(monkeypatch)
     codes = torch.randint(0, 16, (n, k), generator=torch.Generator().manual_seed(n + k))
     every = torch.arange(256)
     flat = codes.view(-1)
@@ -178,12 +176,12 @@ def test_int4_holds_its_codes_once_and_saves_them_portably(path, monkeypatch):
 
 
 def test_int4_state_dicts_load_both_ways_into_the_same_tensors(monkeypatch):
-    needs_int4_kernel()
+    needs_int4_kernel(monkeypatch)
     fast = Int4Linear.from_blocks(*blocks(64, 256, 32, seed=1))
     monkeypatch.setenv(kernels.ENV, "plain")
     kernels.reset()
     plain = Int4Linear.from_blocks(*blocks(64, 256, 32, seed=2))
-    monkeypatch.delenv(kernels.ENV)
+    monkeypatch.setenv(kernels.ENV, "-native_gemv")
     kernels.reset()
     src = Int4Linear.from_blocks(*blocks(64, 256, 32, seed=3))
     packed, qweight = fast.packed, plain.qweight
@@ -204,7 +202,7 @@ def test_int4_state_dicts_load_both_ways_into_the_same_tensors(monkeypatch):
 def test_int4_deepcopies_and_moves_off_the_cpu(monkeypatch):
     """deepcopy keeps the kernel layout; `.to(dtype)` leaves it alone; a move to another device
     carries the portable codes (here "meta", or CUDA where present, and back)."""
-    needs_int4_kernel()
+    needs_int4_kernel(monkeypatch)
     codes, scale, mins, bias = blocks(64, 256, 32)
     layer = Int4Linear.from_blocks(codes, scale, mins, bias)
     x = torch.randn(3, 256)
@@ -271,15 +269,22 @@ def tiny(name: str) -> Transformer:
 CAUSAL = [n for n in ("gemma-tiny", "gemma2-tiny", "gemma3-tiny", "gpt-oss-tiny", "gpt2-tiny",
                       "llama-tiny", "mistral-tiny", "olmo2-tiny", "phi3-tiny", "qwen2-tiny",
                       "qwen3-tiny")]  # fmt: skip
-# worst |cached - uncached| / max |uncached logit|: bfloat16 activations inside the quantized
-# layers round differently when a token is computed alone or with the prompt (2**-9 relative
-# per rounding; 4.4e-3 the worst seen, gemma3-tiny int8)
-CACHE_TOL = 1e-2
+# worst |cached - uncached| / max |uncached logit|: on torch's kernels, bfloat16 activations
+# inside the quantized layers round differently when a token is computed alone or with the prompt
+# (2**-9 relative per rounding; 4.4e-3 the worst seen, gemma3-tiny int8); on lmlab's, int16
+# inputs per 32 columns and float32 (2.5e-4 the worst seen, gemma3-tiny int4). On AVX-512 a layer takes torch's kernel above 4
+# rows and lmlab's below: a prompt and the tokens after it round differently, and a near tie in
+# gpt-oss's expert routing can then flip (0.31 seen), so each kernel is checked on its own.
+CACHE_TOL = {"torch": 1e-2, "lmlab": 1e-3}
+ONLY = {"torch": "-native_gemv", "lmlab": "-int4_weight_only,-int8_weight_only"}
 
 
+@pytest.mark.parametrize("kernel", ["torch", "lmlab"])
 @pytest.mark.parametrize("kind", ["int4", "int8"])
 @pytest.mark.parametrize("name", CAUSAL)
-def test_cached_and_uncached_logits_agree_on_every_family(name, kind):
+def test_cached_and_uncached_logits_agree_on_every_family(name, kind, kernel, monkeypatch):
+    use_path("fast", "native_gemv" if kernel == "lmlab" else f"{kind}_weight_only", monkeypatch)
+    monkeypatch.setenv(kernels.ENV, ONLY[kernel])
     model = quantize(tiny(name), kind=kind)
     cls = Int4Linear if kind == "int4" else Int8Linear
     assert isinstance(model.blocks[0].attn.q, cls)
@@ -300,7 +305,7 @@ def test_cached_and_uncached_logits_agree_on_every_family(name, kind):
         for i, t in enumerate(range(6, 11)):
             ref = model(toks[:, :t])[0, -1]
             worst = max(worst, ((got[i] - ref).abs().max() / ref.abs().max()).item())
-    assert worst <= CACHE_TOL, worst
+    assert worst <= CACHE_TOL[kernel], worst
 
 
 def test_hooks_read_float32_activations_of_a_quantized_model():
@@ -311,7 +316,7 @@ def test_hooks_read_float32_activations_of_a_quantized_model():
         _, ref = run_with_cache(dequantized(model), toks)
         logits, cache = run_with_cache(model, toks)
         plain = model(toks)  # recording takes the explicit attention path: bf16 roundings differ
-        assert ((logits - plain).abs().max() / plain.abs().max()).item() < CACHE_TOL
+        assert ((logits - plain).abs().max() / plain.abs().max()).item() < CACHE_TOL["torch"]
     for name in ("blocks.0.attn.hook_q", "blocks.1.mlp.hook_post", "blocks.1.hook_resid_post",
                  "blocks.0.attn.hook_result"):  # fmt: skip
         act = cache[name]

@@ -41,7 +41,8 @@ def main(args: argparse.Namespace) -> int:
     except LmlabError as e:
         print(f"lmlab doctor: error: {e}", file=sys.stderr)
         return 2
-    print(f"{kernels.ENV}: " + ("plain (every optional kernel forced off)" if plain else "unset"))
+    off = os.environ.get(kernels.ENV, "").strip() or "unset"
+    print(f"{kernels.ENV}: " + ("plain (every optional kernel forced off)" if plain else off))
     caps = [f"{k}={os.environ[k]}" for k in CAPS if os.environ.get(k)]
     if caps:
         print(f"ISA caps set: {' '.join(caps)}")
