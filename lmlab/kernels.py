@@ -82,7 +82,8 @@ USES = {
     "int8_weight_only": "fused int8-weight matmul (quantize_int8 kind='int8')",
     "int4_weight_only": "packed int4-weight matmul (quantize kind='int4', GGUF keep_quantized)",
     "int8_dynamic": "fbgemm int8 matmul (quantize_int8 kind='int8-dynamic')",
-    "native_gemv": "lmlab's AVX2 int4 / int8-weight float32 products (first choice for both)",
+    "native_gemv": "lmlab's AVX2 int4 / int8-weight products (decoding; every row count "
+    "where torch's int4 / int8 kernels lack AVX-512)",
 }
 FALLBACKS = {
     "packed_fp32": "plain nn.Linear (same results, slower)",

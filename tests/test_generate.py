@@ -235,6 +235,32 @@ def test_compiled_generation_equals_eager_compiles_once_and_keeps_hooks():
     assert steered != eager
 
 
+def test_static_cache_tensors_are_all_found_for_cuda_graphs():
+    """On a GPU the compiled step replays as a CUDA graph, which needs every tensor the step
+    mutates marked as a static address: `_cache_tensors` must find them all (each layer's keys and
+    values, the masks, the counters); on the CPU no graph is recorded."""
+    from lmlab.cache import KVCache
+    from lmlab.generate.compiled import _cache_tensors, decoding_cache
+
+    model = Transformer(preset("llama-tiny")).eval()
+    cache = KVCache(model, 2, 16, static=True)
+    found = {id(t) for t in _cache_tensors(cache)}
+    layers = [*cache.k, *cache.v]
+    assert len(layers) == 2 * model.cfg.n_layers and {id(t) for t in layers} <= found
+    held = {id(t): t for t in _cache_tensors(cache)}
+    before = {i: t.clone() for i, t in held.items()}
+    with torch.no_grad():
+        model(torch.tensor([[1, 2, 3], [4, 5, 6]]), cache=cache)
+    # written in place (the same tensor, new values): what a replayed graph must find again;
+    # `slots` is rebuilt from the cursor in each step (a graph output, not a mutated input)
+    after = {id(t) for t in _cache_tensors(cache)}
+    written = {i for i in after & set(held) if not torch.equal(before[i], held[i])}
+    assert {id(cache.key_mask), id(cache.k[0]), id(cache.v[-1]), id(cache.next_pos)} <= written
+    assert written <= found
+    _, forward = decoding_cache(model, 2, 16, compile=True)
+    assert "clone" not in forward.__code__.co_names  # on the CPU: no clone-per-replay wrapper
+
+
 def test_compiled_steps_skip_module_guards_but_follow_every_model_change():
     """The compiled step checks the model once per generation (`signature`), not dynamo's module
     guards at every token: weights changed in place, another model of another size, a hook attached

@@ -69,32 +69,52 @@ def _step_function() -> Callable:
     return types.FunctionType(step.__code__.replace(), step.__globals__, "compiled_step")
 
 
-def compiled_forward(model: nn.Module) -> Callable[..., torch.Tensor]:
+def compiled_forward(model: nn.Module, cuda_graphs: bool = False) -> Callable[..., torch.Tensor]:
     """The model's forward under `torch.compile` with fixed shapes, `forward(tokens, **kwargs)`.
 
     The first call with a new batch size or cache bucket compiles (tens of seconds on a CPU); later
     calls replay, also in later generations while the model's `signature` is unchanged. Hooks still
     run: attaching or removing one changes the signature, and the next generation compiles anew.
+    `cuda_graphs`: inductor records each step as a CUDA graph and replays it (one launch instead
+    of hundreds); the tensors it mutates must have static addresses (`decoding_cache` marks the
+    cache's), and each output is cloned (the next replay overwrites the graph's own).
     """
-    sig = signature(model)
+    sig = (signature(model), cuda_graphs)
     known = _STEPS.get(model)
     if known is None or known[0] != sig:
-        fn = torch.compile(
-            _step_function(),
-            dynamic=False,
-            options={"guard_filter_fn": torch.compiler.skip_guard_on_all_nn_modules_unsafe},
-        )
+        options: dict[str, Any] = {
+            "guard_filter_fn": torch.compiler.skip_guard_on_all_nn_modules_unsafe
+        }
+        if cuda_graphs:
+            options["triton.cudagraphs"] = True
+        fn = torch.compile(_step_function(), dynamic=False, options=options)
         known = _STEPS[model] = (sig, fn)
     fn = known[1]
+    if cuda_graphs:
+        return lambda tokens, **kwargs: fn(model, tokens, **kwargs).clone()
     return lambda tokens, **kwargs: fn(model, tokens, **kwargs)
+
+
+def _cache_tensors(cache: KVCache) -> list[torch.Tensor]:
+    """Every tensor a static cache holds (its keys and values per layer, masks, counters)."""
+    found: list[torch.Tensor] = []
+    for value in vars(cache).values():
+        items = value if isinstance(value, list | tuple) else [value]
+        found += [t for t in items if isinstance(t, torch.Tensor)]
+    return found
 
 
 def decoding_cache(
     model: nn.Module, batch_size: int, needed: int, compile: bool
 ) -> tuple[KVCache, Callable[..., torch.Tensor]]:
     """A cache for `needed` tokens and the forward that decodes into it: the model itself on a
-    growing cache, or its compiled forward on a static, bucketed one."""
+    growing cache, or its compiled forward on a static, bucketed one (replayed as a CUDA graph
+    on a GPU)."""
     if not compile:
         return KVCache(model, batch_size, needed), model
     cache = KVCache(model, batch_size, static_cache_len(model, needed), static=True)
-    return cache, compiled_forward(model)
+    graphs = next(model.parameters()).device.type == "cuda"
+    if graphs:
+        for t in _cache_tensors(cache):
+            torch._dynamo.mark_static_address(t)
+    return cache, compiled_forward(model, cuda_graphs=graphs)

@@ -87,7 +87,3 @@ def _register_fakes() -> None:
 
     for name, fake in zip(OPS, (int4_fake, int8_fake), strict=True):
         torch.library.register_fake(f"lmlab_native::{name}", fake)
-
-
-if __name__ == "__main__":
-    print(load())
