@@ -37,6 +37,7 @@ constexpr int64_t kGrain = 64;     // output rows per parallel task, at least
 constexpr int64_t kAhead = 16;     // rows ahead whose weights are prefetched
 constexpr int64_t kGemvRows = 16;  // input rows up to which the weights are decoded in registers
 constexpr int64_t kTile = 64;      // output rows dequantized at a time above that
+constexpr int64_t kMaxGroups = 1024;  // int4 groups per row (in_features <= 32768 at 32)
 
 using BF16 = c10::BFloat16;
 
@@ -69,21 +70,28 @@ struct Int4Input {
 
 Int4Input int4_input(const float* x, int64_t M, int64_t K, int64_t gs) {
   Int4Input in{std::vector<int16_t>(M * K), std::vector<float>(M * K / kChunk),
-               std::vector<float>(M * K / gs)};
+               std::vector<float>(M * K / gs, 0.f)};
+  const __m256 sign = _mm256_set1_ps(-0.f), limit = _mm256_set1_ps(32767.f);
+  alignas(32) int32_t codes[kChunk];
   for (int64_t c = 0; c < M * K; c += kChunk) {
-    float amax = 0.f;
-    for (int64_t j = 0; j < kChunk; ++j) amax = std::max(amax, std::fabs(x[c + j]));
-    in.xs[c / kChunk] = amax / 32767.f;
-    const float inv = amax > 0.f ? 32767.f / amax : 0.f;
-    for (int64_t j = 0; j < kChunk; ++j) {
-      const float v = std::clamp(x[c + j] * inv, -32767.f, 32767.f);
-      in.xq[c + nibble_slot(j)] = static_cast<int16_t>(std::lrintf(v));
+    __m256 v[4], amax = _mm256_setzero_ps(), sum = _mm256_setzero_ps();
+    for (int i = 0; i < 4; ++i) {
+      v[i] = _mm256_loadu_ps(x + c + 8 * i);
+      amax = _mm256_max_ps(amax, _mm256_andnot_ps(sign, v[i]));
+      sum = _mm256_add_ps(sum, v[i]);
     }
-  }
-  for (int64_t g = 0; g < M * K / gs; ++g) {
-    float sum = 0.f;
-    for (int64_t j = 0; j < gs; ++j) sum += x[g * gs + j];
-    in.gx[g] = sum;
+    __m128 h = _mm_max_ps(_mm256_castps256_ps128(amax), _mm256_extractf128_ps(amax, 1));
+    h = _mm_max_ps(h, _mm_movehl_ps(h, h));
+    const float top = _mm_cvtss_f32(_mm_max_ss(h, _mm_movehdup_ps(h)));
+    in.xs[c / kChunk] = top / 32767.f;
+    const __m256 inv = _mm256_set1_ps(top > 0.f ? 32767.f / top : 0.f);
+    for (int i = 0; i < 4; ++i) {  // rounded to nearest; clamped against float rounding
+      const __m256 scaled = _mm256_min_ps(_mm256_mul_ps(v[i], inv), limit);
+      const __m256i q = _mm256_cvtps_epi32(_mm256_max_ps(scaled, _mm256_sub_ps(sign, limit)));
+      _mm256_store_si256(reinterpret_cast<__m256i*>(codes + 8 * i), q);
+    }
+    for (int64_t j = 0; j < kChunk; ++j) in.xq[c + nibble_slot(j)] = static_cast<int16_t>(codes[j]);
+    in.gx[c / gs] += hsum(sum);
   }
   return in;
 }
@@ -96,23 +104,39 @@ void int4_rows(const Int4Input& in, int64_t m0, const uint8_t* q, const BF16* sz
   const int16_t* xq = in.xq.data() + m0 * K;
   const float* xs = in.xs.data() + m0 * chunks;
   const float* gx = in.gx.data() + m0 * groups;
-  __m256 acc[R][MB];
+  // First each row's scales as float32 and its zero term sum_g (zero - 8 scale) * gx[g], eight
+  // groups at a time (a bfloat16 (scale, zero) pair is one 32-bit lane: scale low, zero high).
+  float scales[R * kMaxGroups];
   float offset[R][MB];
-  for (int r = 0; r < R; ++r)
-    for (int m = 0; m < MB; ++m) {
-      acc[r][m] = _mm256_setzero_ps();
-      offset[r][m] = 0.f;
+  for (int r = 0; r < R; ++r) {
+    const auto* pairs = reinterpret_cast<const int32_t*>(sz + 2 * (n + r) * groups);
+    __m256 zero_term[MB];
+    for (int m = 0; m < MB; ++m) zero_term[m] = _mm256_setzero_ps();
+    int64_t g = 0;
+    for (; g + 8 <= groups; g += 8) {
+      const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(pairs + g));
+      const __m256 s = _mm256_castsi256_ps(_mm256_slli_epi32(v, 16));
+      const __m256 z = _mm256_castsi256_ps(_mm256_and_si256(v, _mm256_set1_epi32(-65536)));
+      _mm256_storeu_ps(scales + r * groups + g, s);
+      const __m256 shift = _mm256_fnmadd_ps(_mm256_set1_ps(8.f), s, z);
+      for (int m = 0; m < MB; ++m)
+        zero_term[m] = _mm256_fmadd_ps(shift, _mm256_loadu_ps(gx + m * groups + g), zero_term[m]);
     }
+    for (int m = 0; m < MB; ++m) offset[r][m] = hsum(zero_term[m]);
+    for (; g < groups; ++g) {
+      const BF16* p = sz + 2 * ((n + r) * groups + g);
+      scales[r * groups + g] = bf16(p);
+      for (int m = 0; m < MB; ++m) offset[r][m] += (bf16(p + 1) - 8.f * bf16(p)) * gx[m * groups + g];
+    }
+  }
+  prefetch(sz + 2 * (n + kAhead) * groups);
+  __m256 acc[R][MB];
+  for (int r = 0; r < R; ++r)
+    for (int m = 0; m < MB; ++m) acc[r][m] = _mm256_setzero_ps();
   const __m256i low = _mm256_set1_epi16(0x0F);
   for (int64_t g = 0; g < groups; ++g) {
     __m256 scale[R];
-    if (g % 16 == 0) prefetch(sz + 2 * ((n + kAhead) * groups + g));
-    for (int r = 0; r < R; ++r) {
-      const BF16* p = sz + 2 * ((n + r) * groups + g);
-      scale[r] = _mm256_set1_ps(bf16(p));
-      const float shift = bf16(p + 1) - 8.f * bf16(p);
-      for (int m = 0; m < MB; ++m) offset[r][m] += shift * gx[m * groups + g];
-    }
+    for (int r = 0; r < R; ++r) scale[r] = _mm256_broadcast_ss(scales + r * groups + g);
     for (int64_t c = g * gs; c < (g + 1) * gs; c += kChunk) {
       if (c % 128 == 0)  // one cache line of each row
         for (int r = 0; r < R; ++r) prefetch(q + (n + r + kAhead) * (K / 2) + c / 2);
@@ -226,6 +250,7 @@ at::Tensor int4_linear(const at::Tensor& x, const at::Tensor& qweight, const at:
         "qweight must be contiguous uint8 [N, K / 2]");
   check(group_size % kChunk == 0 && K % group_size == 0,
         "group_size must be a multiple of 32 dividing K");
+  check(K / group_size <= kMaxGroups, "at most 1024 groups per row (in_features / group_size)");
   const int64_t groups = K / group_size;
   check(sz.scalar_type() == at::kBFloat16 && sz.is_contiguous() && sz.dim() == 3 &&
             sz.size(0) == N && sz.size(1) == groups && sz.size(2) == 2,
