@@ -213,8 +213,11 @@ class Int4Linear(nn.Module):
         )
         packs = self.kernel_ok and codes.device.type == "cpu"
         sz = torch.stack((scale, zero), dim=-1).to(torch.bfloat16).transpose(0, 1)  # [G, out, 2]
-        # the native kernel reads each row's groups in one stream: held [out, G, 2], seen transposed
+        # the native kernel reads each row's groups in one stream: held [out, G, 2], seen transposed;
+        # where torch's kernel runs too (batches), it gets a [G, out, 2] copy of its own
         self.register_buffer("scales_and_zeros", sz if self.native else sz.contiguous())
+        both = self.native and self.kernel_ok
+        self.register_buffer("torch_scales", sz.contiguous() if both else None, False)
         self.register_buffer("qweight", None if packs and not self.native else pack_nibbles(codes))
         self.register_buffer("packed", kernel_layout(codes) if packs else None, False)
         self.bias = _bias(bias)
@@ -251,6 +254,9 @@ class Int4Linear(nn.Module):
     ) -> None:
         args = (local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
         super()._load_from_state_dict(state_dict, prefix, *args)
+        if self.torch_scales is not None:
+            with torch.no_grad():
+                self.torch_scales.copy_(self.scales_and_zeros)
         key = prefix + "qweight"
         if self.packed is None:  # `qweight` is a buffer here: loaded above
             return
@@ -274,10 +280,12 @@ class Int4Linear(nn.Module):
         scales stay bfloat16 (the kernel's) under `.to(dtype)`, `.float()`, `.half()`."""
         if self.packed is not None and fn(torch.zeros(0, dtype=torch.uint8)).device.type != "cpu":
             self.qweight, self.packed = self.nibbles(), None
-        sz = self.scales_and_zeros
+        held = {"scales_and_zeros": self.scales_and_zeros, "torch_scales": self.torch_scales}
         super()._apply(fn, recurse)
-        if self.scales_and_zeros.dtype != sz.dtype:
-            self.scales_and_zeros = sz.to(self.scales_and_zeros.device)
+        for name, before in held.items():
+            now = getattr(self, name)
+            if now is not None and now.dtype != before.dtype:
+                setattr(self, name, before.to(now.device))
         if self.packed is None and self.kernel_ok and self.qweight.device.type == "cpu":
             self.packed = kernel_layout(unpack_nibbles(self.qweight))
             self.qweight = self.qweight if self.native else None
@@ -308,7 +316,7 @@ class Int4Linear(nn.Module):
                 x2.to(self.compute_dtype).contiguous(),
                 self.packed,
                 self.group_size,
-                self.scales_and_zeros.contiguous(),
+                self.scales_and_zeros if self.torch_scales is None else self.torch_scales,
             )
         else:
             y = F.linear(x2.to(self.compute_dtype).float(), self.dequantize())

@@ -117,6 +117,14 @@ def test_decoding_rows_take_lmlab_kernel_and_batches_torch_where_it_is_fast(cls,
         x = inputs(m, 128)
         torch.testing.assert_close(layer(x), x @ layer.weight.T + layer.bias, atol=0.1, rtol=0.02)
     assert (len(ours), len(theirs)) == (2, 2)
+    if cls is Int4Linear:  # torch's copy of the scales follows a state dict and dtype moves
+        torch.manual_seed(1)
+        other = cls(torch.nn.Linear(128, 64))
+        layer.load_state_dict(other.state_dict())
+        layer.half()
+        x = inputs(16, 128)
+        assert layer.torch_scales.dtype == torch.bfloat16
+        torch.testing.assert_close(layer(x.half()).float(), other(x), atol=0.2, rtol=0.02)
 
 
 @pytest.mark.usefixtures("native_only")
