@@ -145,7 +145,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1, help="torch threads (0: leave as is)")
     ap.add_argument("--eos", action="store_true", help="stop at EOS (lengths then differ)")
     ap.add_argument("--only", choices=["lmlab", "trl"], default=None)
-    ap.add_argument("--compile", action="store_true", help="also lmlab with compiled rollouts")
+    ap.add_argument("--compile", action="store_true",
+                    help="also lmlab with compiled rollouts (of each --rollout-precision too)")  # fmt: skip
     ap.add_argument("--bf16", action="store_true", help="both under bf16 autocast (fp32 weights)")
     ap.add_argument("--rounds", type=int, default=1,
                     help="repeat lmlab then TRL this many times; ratios per round and their median")  # fmt: skip
@@ -176,6 +177,9 @@ def main() -> None:
         runs.insert(1, ("lmlab+compile", lambda *a: bench_lmlab(*a, compile=True)))
     for kind in args.rollout_precision:
         runs.insert(-1, (f"lmlab+{kind}", lambda *a, k=kind: bench_lmlab(*a, precision=k)))
+        if args.compile:
+            runs.insert(-1, (f"lmlab+{kind}+compile",
+                             lambda *a, k=kind: bench_lmlab(*a, compile=True, precision=k)))  # fmt: skip
     runs = [(name, fn) for name, fn in runs if args.only in (None, name.split("+")[0])]
     ratios: dict[str, list[tuple[float, float]]] = {}
     for r in range(args.rounds):

@@ -9,10 +9,11 @@ weights are a quarter of float32's bytes, int4 an eighth (plus one scale and zer
 Scales and zeros are held in bfloat16, as the kernels take them; `.weight` is exactly the float32
 weight the layer computes with. On the CPU, each layer multiplies with the first kernel
 `lmlab.kernels` found working (decided once, when the layer is built: torch.compile cannot trace
-the probes): lmlab's own AVX2 kernels (`lmlab.native`: float32 inputs, the result of a float32
-product with `.weight` up to summation order), else torch's packed kernels (bfloat16 inputs), else
-dequantize and multiply in float32 (also the path on other devices). Outputs come back in the
-input's dtype. Only used when asked (`lmlab.generate.quantize`, `lmlab.load(...,
+the probes): lmlab's own AVX2 kernels (`lmlab.native`: int8 multiplies float32 inputs as they are;
+int4 rounds them to int16 per 32 columns, 2**-16 of the largest, against bfloat16's 2**-9 each),
+else torch's packed kernels (bfloat16 inputs), else dequantize and multiply in float32 (also the
+path on other devices). Where torch's kernels run their AVX-512 code they take batches of more
+than `NATIVE_ROWS` rows and lmlab's the decoding steps. Outputs come back in the input's dtype. Only used when asked (`lmlab.generate.quantize`, `lmlab.load(...,
 keep_quantized=True)`); training and interpretability keep full-precision layers.
 """
 
