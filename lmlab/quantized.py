@@ -30,6 +30,8 @@ from lmlab.errors import InputError
 
 GROUP_SIZES = (32, 64, 128)
 _KERNEL_ROWS = 16  # torch's int4 packing needs a multiple of 16 output rows
+NATIVE_ROWS = 4  # up to this many input rows, lmlab's kernel; above, torch's where it is fast
+_NATIVE_MAX_GROUPS = 1024  # int4 groups per row lmlab's kernel takes (kMaxGroups there)
 
 
 def quantize_weight(
@@ -206,7 +208,8 @@ class Int4Linear(nn.Module):
         self.out_features, self.in_features = codes.shape
         self.group_size, self.compute_dtype = group_size, dtype
         # decided once here, not per call: torch.compile cannot trace the probes
-        self.native = kernels.available().native_gemv
+        groups = self.in_features // group_size
+        self.native = kernels.available().native_gemv and groups <= _NATIVE_MAX_GROUPS
         self.kernel_ok = (
             kernels.available().int4_weight_only
             and self.out_features % _KERNEL_ROWS == 0
@@ -328,9 +331,6 @@ class Int4Linear(nn.Module):
         how = _kernels_used(self.native, self.kernel, "packed int4 kernel", self.compute_dtype)
         sizes = f"in={self.in_features}, out={self.out_features}"
         return f"{sizes}, int4 weights (group {self.group_size}), {how}"
-
-
-NATIVE_ROWS = 4  # up to this many input rows, lmlab's kernel; above, torch's where it is fast
 
 
 def _native_rows(native: bool, torch_kernel: bool, x2: torch.Tensor) -> bool:

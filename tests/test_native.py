@@ -128,6 +128,15 @@ def test_decoding_rows_take_lmlab_kernel_and_batches_torch_where_it_is_fast(cls,
 
 
 @pytest.mark.usefixtures("native_only")
+def test_rows_of_more_groups_than_the_kernel_takes_fall_back():
+    wide = Int4Linear(torch.nn.Linear(32 * 1025, 16))  # 1025 groups of 32: one over its limit
+    assert not wide.native
+    x = inputs(1, 32 * 1025)
+    want = x.bfloat16().float() @ wide.weight.T + wide.bias  # the fallback takes bf16 inputs
+    torch.testing.assert_close(wide(x), want, atol=1e-3, rtol=1e-4)
+
+
+@pytest.mark.usefixtures("native_only")
 def test_the_ops_compile_and_give_what_eager_does():
     layer = int4_layer(64, 128, 32)
     head = Int8Linear(torch.nn.Linear(64, 96))

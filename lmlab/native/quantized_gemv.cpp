@@ -12,7 +12,7 @@
 //   and multiplied with the float32 input (the float32 product up to summation order).
 // The work is split over output rows (at::parallel_for), a few rows at once so that the FMA chains
 // overlap, with up to 4 input rows sharing each decoded weight; weights kAhead rows ahead are
-// prefetched (one thread reads 4x faster with it). Above kGemvRows input rows (prefill) a tile of
+// prefetched (a SmolLM2 token's int4 products on one thread: 7.2 ms without, 5.2 ms with). Above kGemvRows input rows (prefill) a tile of
 // kTile output rows is dequantized to float32 at a time and multiplied with at::mm.
 
 #include <ATen/Parallel.h>
