@@ -1,10 +1,13 @@
 """lmlab's own AVX2 kernels (lmlab.native): int4 and int8 weight products equal a float32 product
 with the layer's dequantized weight (int4: to int16 rounding of the input, 2**-16 of each 32
 columns' largest value; int8: to summation order) for every row count (decode, batches, the
-prefill path above 16 rows), every group size and ragged output rows; layers choose them first,
-keep the portable layout, compile, and a failed build leaves torch's kernels in charge."""
+prefill path above 16 rows), every group size and ragged output rows; layers take them for
+decoding rows (and every row where torch's kernels lack AVX-512), keep the portable layout,
+compile, and a failed build leaves torch's kernels in charge."""
 
 from __future__ import annotations
+
+import platform
 
 import pytest
 import torch
@@ -24,8 +27,6 @@ SHAPES = [(64, 128, 32), (38, 256, 64), (37, 384, 128), (96, 96, 32)]
 def test_the_kernels_build_and_pass_their_probe_wherever_they_can():
     """On x86-64 with AVX2, FMA and a C++ compiler (CI's machines, users' laptops) the kernels
     must be used: a wrong result fails the probe, which would otherwise only skip the tests."""
-    import platform
-
     have = set(kernels.cpu_features())
     try:
         native.compiler()
