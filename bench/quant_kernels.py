@@ -54,8 +54,8 @@ def main() -> None:
         lin = torch.nn.Linear(k, n, bias=False)
         l4, l8 = Int4Linear(lin, 32), Int8Linear(lin)
         q4, packed = l4.nibbles(), kernel_layout(l4.codes())
-        sz_rows, sz = l4.scales_and_zeros.transpose(0, 1).contiguous(), l4.scales_and_zeros
-        sz = sz.contiguous()
+        sz = l4.scales_and_zeros.contiguous()  # [groups, out, 2]: torch's layout
+        sz_rows = sz.transpose(0, 1).contiguous()  # [out, groups, 2]: lmlab's
         w4, w8 = l4.dequantize(), l8.dequantize()
         reps = 20 if n > 10000 else 200
         for m in args.rows:

@@ -13,8 +13,9 @@ the probes): lmlab's own AVX2 kernels (`lmlab.native`: int8 multiplies float32 i
 int4 rounds them to int16 per 32 columns, 2**-16 of the largest, against bfloat16's 2**-9 each),
 else torch's packed kernels (bfloat16 inputs), else dequantize and multiply in float32 (also the
 path on other devices). Where torch's kernels run their AVX-512 code they take batches of more
-than `NATIVE_ROWS` rows and lmlab's the decoding steps. Outputs come back in the input's dtype. Only used when asked (`lmlab.generate.quantize`, `lmlab.load(...,
-keep_quantized=True)`); training and interpretability keep full-precision layers.
+than `NATIVE_ROWS` rows and lmlab's the decoding steps. Outputs come back in the input's dtype.
+Only used when asked (`lmlab.generate.quantize`, `lmlab.load(..., keep_quantized=True)`);
+training and interpretability keep full-precision layers.
 """
 
 from __future__ import annotations
@@ -217,8 +218,8 @@ class Int4Linear(nn.Module):
         )
         packs = self.kernel_ok and codes.device.type == "cpu"
         sz = torch.stack((scale, zero), dim=-1).to(torch.bfloat16).transpose(0, 1)  # [G, out, 2]
-        # the native kernel reads each row's groups in one stream: held [out, G, 2], seen transposed;
-        # where torch's kernel runs too (batches), it gets a [G, out, 2] copy of its own
+        # the native kernel reads each row's groups in one stream: held [out, G, 2], seen
+        # transposed; where torch's kernel runs too (batches), it gets a [G, out, 2] copy
         self.register_buffer("scales_and_zeros", sz if self.native else sz.contiguous())
         both = self.native and self.kernel_ok
         self.register_buffer("torch_scales", sz.contiguous() if both else None, False)
@@ -228,7 +229,7 @@ class Int4Linear(nn.Module):
 
     @property
     def kernel(self) -> bool:
-        """Whether forward runs torch's packed int4 kernel: exactly when the layer holds `packed`."""
+        """Whether forward can run torch's packed int4 kernel: exactly when it holds `packed`."""
         return self.packed is not None
 
     def nibbles(self) -> torch.Tensor:
