@@ -148,6 +148,12 @@ def torch_batches_fast() -> bool:
     return torch.backends.cpu.get_cpu_capability().startswith("AVX512")
 
 
+def bf16_gemm_fast() -> bool:
+    """Whether bfloat16 matrix products run on the CPU's own bf16 instructions (AVX512-BF16 or
+    AMX): there a dequantized bf16 weight times a long prompt beats torch's int4 kernel 2x."""
+    return torch_batches_fast() and bool({"avx512_bf16", "amx_bf16"} & set(cpu_features()))
+
+
 def reset() -> None:
     """Forget the cached probes and CPU features (they run again on next use)."""
     probe.cache_clear()
@@ -274,11 +280,15 @@ def _native_gemv() -> None:
     native.load()
     x, _, _ = _inputs(torch.float32)
     q = torch.randint(0, 16, (16, 32), generator=torch.Generator().manual_seed(1))
+    q[:, :2] = torch.tensor([0, 15])  # every row spans 0..15: quantizing w gives q back
     scale, zero = 2.0**-6, 2.0**-5  # exact in bfloat16
     sz = torch.tensor([scale, zero], dtype=torch.bfloat16).expand(16, 1, 2).contiguous()
     nibbles = (q[:, 0::2] | (q[:, 1::2] << 4)).to(torch.uint8)
     got = torch.ops.lmlab_native.int4_linear(x, nibbles, sz, 32)
-    _expect(got, x @ ((q.float() - 8) * scale + zero).T, 1e-4)
+    w = (q.float() - 8) * scale + zero
+    _expect(got, x @ w.T, 1e-4)
+    _expect(torch.ops.lmlab_native.int4_dequantize(nibbles, sz, 32, torch.float32), w, 0.0)
+    _expect(torch.ops.lmlab_native.int4_quantize(w, 32)[0], nibbles, 0.0)
     q8 = (q - 8).to(torch.int8)
     got = torch.ops.lmlab_native.int8_linear(x, q8, torch.full((16,), scale, dtype=torch.bfloat16))
     _expect(got, (x @ q8.float().T) * scale, 1e-4)

@@ -13,9 +13,13 @@ the probes): lmlab's own AVX2 kernels (`lmlab.native`: int8 multiplies float32 i
 int4 rounds them to int16 per 32 columns, 2**-16 of the largest, against bfloat16's 2**-9 each),
 else torch's packed kernels (bfloat16 inputs), else dequantize and multiply in float32 (also the
 path on other devices). Where torch's kernels run their AVX-512 code they take batches of more
-than `NATIVE_ROWS` rows and lmlab's the decoding steps. Outputs come back in the input's dtype.
-Only used when asked (`lmlab.generate.quantize`, `lmlab.load(..., keep_quantized=True)`);
-training and interpretability keep full-precision layers.
+than `NATIVE_ROWS` rows and lmlab's the decoding steps; where bfloat16 products are native too
+(AVX512-BF16, AMX), an int4 layer multiplies prompts of more than `BF16_ROWS` rows by its weight
+dequantized to bfloat16 (2x faster than torch's int4 kernel at 96 rows). Outputs come back in
+the input's dtype. `refill_(weight)` re-quantizes a changed float weight into a layer's own
+tensors (GRPO's quantized rollouts after each optimizer step). Only used when asked
+(`lmlab.generate.quantize`, `lmlab.load(..., keep_quantized=True)`); training and
+interpretability keep full-precision layers.
 """
 
 from __future__ import annotations
@@ -32,7 +36,11 @@ from lmlab.errors import InputError
 GROUP_SIZES = (32, 64, 128)
 _KERNEL_ROWS = 16  # torch's int4 packing needs a multiple of 16 output rows
 NATIVE_ROWS = 4  # up to this many input rows, lmlab's kernel; above, torch's where it is fast
+BF16_ROWS = 32  # above this many, a bf16 GEMM on the dequantized weight where bf16 is native
 _NATIVE_MAX_GROUPS = 1024  # int4 groups per row lmlab's kernel takes (kMaxGroups there)
+
+
+_SLICE_BYTES = 1 << 21  # float32 weight bytes quantize_weight takes at a time (in cache: 10x)
 
 
 def quantize_weight(
@@ -43,9 +51,15 @@ def quantize_weight(
     The scale is first rounded to `scale_dtype` (the dtype a layer holds it in) and the codes are
     chosen against the rounded scale, so the held weight is within half a step of `w`.
     """
-    wf = w.detach().float()
-    scale = (wf.abs().amax(1).clamp(min=1e-12) / 127.0).to(scale_dtype).float()
-    q = (wf / scale[:, None]).round().clamp(-127, 127).to(torch.int8)
+    w = w.detach()
+    q = torch.empty(w.shape, dtype=torch.int8, device=w.device)
+    scale = torch.empty(w.shape[0], device=w.device)
+    step = max(1, _SLICE_BYTES // (4 * w.shape[1]))
+    for i in range(0, w.shape[0], step):
+        wf = w[i : i + step].float()
+        s = (wf.abs().amax(1).clamp_(min=1e-12) / 127.0).to(scale_dtype).float()
+        q[i : i + step] = wf.div(s[:, None]).round_().clamp_(-127, 127)
+        scale[i : i + step] = s
     return q, scale
 
 
@@ -89,6 +103,17 @@ class Int8Linear(nn.Module):
         self.register_buffer("scale", scale.detach().to(dtype).contiguous())
         self.bias = _bias(bias)
 
+    @torch.no_grad()
+    def refill_(self, weight: torch.Tensor, bias: torch.Tensor | None = None) -> Int8Linear:
+        """Quantize a new float `weight` [out, in] (and `bias`) into this layer's own tensors."""
+        _check_refill(self, weight, bias)
+        q, scale = quantize_weight(weight, self.compute_dtype)
+        self.qweight.copy_(q)
+        self.scale.copy_(scale)
+        if bias is not None:
+            self.bias.copy_(bias)
+        return self
+
     @property
     def weight(self) -> torch.Tensor:
         """The dequantized float32 weight (for code that reads `.weight`, e.g. hook_result)."""
@@ -127,9 +152,11 @@ def pack_nibbles(q: torch.Tensor) -> torch.Tensor:
     return q[:, 0::2] | (q[:, 1::2] << 4)
 
 
-def unpack_nibbles(b: torch.Tensor) -> torch.Tensor:
-    """Inverse of `pack_nibbles`: bytes [n, k/2] -> uint8 codes [n, k]."""
-    return torch.stack((b & 0x0F, b >> 4), dim=-1).reshape(b.shape[0], -1)
+def unpack_nibbles(b: torch.Tensor, dtype: torch.dtype = torch.uint8) -> torch.Tensor:
+    """Inverse of `pack_nibbles`: bytes [n, k/2] -> codes [n, k] (uint8, or `dtype`)."""
+    out = torch.empty(b.shape[0], 2 * b.shape[1], dtype=dtype, device=b.device)
+    out[:, 0::2], out[:, 1::2] = b & 0x0F, b >> 4
+    return out
 
 
 def int4_params(
@@ -216,6 +243,8 @@ class Int4Linear(nn.Module):
             and self.out_features % _KERNEL_ROWS == 0
             and (not self.native or kernels.torch_batches_fast())
         )
+        # long prompts: the weight dequantized to bfloat16 by lmlab's kernel, then oneDNN's GEMM
+        self.bf16_prompts = self.native and dtype == torch.bfloat16 and kernels.bf16_gemm_fast()
         packs = self.kernel_ok and codes.device.type == "cpu"
         sz = torch.stack((scale, zero), dim=-1).to(torch.bfloat16).transpose(0, 1)  # [G, out, 2]
         # the native kernel reads each row's groups in one stream: held [out, G, 2], seen
@@ -226,6 +255,33 @@ class Int4Linear(nn.Module):
         self.register_buffer("qweight", None if packs and not self.native else pack_nibbles(codes))
         self.register_buffer("packed", kernel_layout(codes) if packs else None, False)
         self.bias = _bias(bias)
+
+    @torch.no_grad()
+    def refill_(self, weight: torch.Tensor, bias: torch.Tensor | None = None) -> Int4Linear:
+        """Quantize a new float `weight` [out, in] (and `bias`) into this layer's own tensors,
+        every layout it holds (a compiled decode that captured them keeps working)."""
+        _check_refill(self, weight, bias)
+        w = weight.detach()
+        if self.native and w.device.type == "cpu":  # lmlab's kernel: the same codes, 3.5x faster
+            nibbles, sz = torch.ops.lmlab_native.int4_quantize(
+                w.float().contiguous(), self.group_size
+            )
+            codes = None if self.packed is None else unpack_nibbles(nibbles, torch.int32)
+            sz = sz.transpose(0, 1)  # [G, out, 2]
+        else:
+            codes, scale, zero = int4_params(w, self.group_size)
+            nibbles = None if self.qweight is None else pack_nibbles(codes)
+            sz = torch.stack((scale, zero), dim=-1).transpose(0, 1)
+        for held in (self.scales_and_zeros, self.torch_scales):
+            if held is not None:
+                held.copy_(sz)
+        if self.qweight is not None:
+            self.qweight.copy_(nibbles)
+        if self.packed is not None:
+            self.packed.copy_(kernel_layout(codes))
+        if bias is not None:
+            self.bias.copy_(bias)
+        return self
 
     @property
     def kernel(self) -> bool:
@@ -311,11 +367,18 @@ class Int4Linear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
         x2 = x.reshape(-1, shape[-1])
-        if _native_rows(self.native, self.kernel, x2):
+        native = _native_rows(self.native, self.kernel, x2)
+        if native or (self.bf16_prompts and x2.shape[0] > BF16_ROWS and x.device.type == "cpu"):
             sz = self.scales_and_zeros.transpose(0, 1).contiguous()  # a view of what it holds
-            y = torch.ops.lmlab_native.int4_linear(
-                x2.float().contiguous(), self.qweight, sz, self.group_size
-            )
+            if native:
+                y = torch.ops.lmlab_native.int4_linear(
+                    x2.float().contiguous(), self.qweight, sz, self.group_size
+                )
+            else:
+                w = torch.ops.lmlab_native.int4_dequantize(
+                    self.qweight, sz, self.group_size, torch.bfloat16
+                )
+                y = F.linear(x2.to(torch.bfloat16), w)
         elif self.kernel and x.device.type == "cpu":
             y = torch.ops.aten._weight_int4pack_mm_for_cpu(
                 x2.to(self.compute_dtype).contiguous(),
@@ -330,6 +393,8 @@ class Int4Linear(nn.Module):
 
     def extra_repr(self) -> str:
         how = _kernels_used(self.native, self.kernel, "packed int4 kernel", self.compute_dtype)
+        if self.bf16_prompts:
+            how += f", bf16 GEMM on the dequantized weight above {BF16_ROWS} rows"
         sizes = f"in={self.in_features}, out={self.out_features}"
         return f"{sizes}, int4 weights (group {self.group_size}), {how}"
 
@@ -379,6 +444,18 @@ def kernel_nibbles(packed: torch.Tensor, out_features: int, in_features: int) ->
         y = torch.ops.aten._weight_int4pack_mm_for_cpu(x, packed, gs, unit)  # [rows, n]
         out[:, i : i + len(rows)] = y.t()
     return out
+
+
+def _check_refill(layer: nn.Module, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
+    want = (layer.out_features, layer.in_features)
+    if tuple(weight.shape) != want:
+        raise InputError(
+            f"{type(layer).__name__}.refill_: weight of shape {tuple(weight.shape)}, the layer "
+            f"holds {want}; refill from the model this one was quantized from"
+        )
+    if (bias is None) != (layer.bias is None):
+        has = "has a bias" if layer.bias is not None else "has no bias"
+        raise InputError(f"{type(layer).__name__}.refill_: the layer {has}; pass bias to match")
 
 
 def _check_group(in_features: int, group_size: int) -> None:

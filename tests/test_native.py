@@ -178,3 +178,50 @@ def test_a_failed_build_says_why_and_torch_kernels_take_over(tmp_path, monkeypat
     assert "forced off by LMLAB_KERNELS=-native_gemv" in kernels.reasons()["native_gemv"]
     layer = int4_layer(64, 128, 32)
     assert not layer.native and layer.kernel == kernels.available().int4_weight_only
+
+
+def weights(n: int, k: int, seed: int = 0) -> torch.Tensor:
+    """Rows of different scales, one constant group (scale clamps at 1e-8), one negative row."""
+    w = torch.randn(n, k, generator=torch.Generator().manual_seed(seed))
+    w = w * torch.linspace(0.01, 3, n)[:, None]
+    w[0, :32] = 0.25
+    w[-1] = -w[-1].abs()
+    return w
+
+
+@pytest.mark.usefixtures("native_only")
+@pytest.mark.parametrize("n, k, gs", [*SHAPES, (1536, 576, 32)])
+def test_int4_quantize_gives_exactly_what_int4_params_does(n, k, gs):
+    from lmlab.quantized import int4_params, pack_nibbles
+
+    w = weights(n, k)
+    codes, scale, zero = int4_params(w, gs)
+    nibbles, sz = torch.ops.lmlab_native.int4_quantize(w, gs)
+    assert torch.equal(nibbles, pack_nibbles(codes))
+    assert torch.equal(sz[..., 0], scale) and torch.equal(sz[..., 1], zero)
+
+
+@pytest.mark.usefixtures("native_only")
+@pytest.mark.parametrize("n, k, gs", SHAPES)
+def test_int4_dequantize_gives_the_layer_weight(n, k, gs):
+    layer = int4_layer(n, k, gs)
+    sz = layer.scales_and_zeros.transpose(0, 1).contiguous()
+    w = torch.ops.lmlab_native.int4_dequantize(layer.qweight, sz, gs, torch.float32)
+    assert torch.equal(w, layer.weight)  # (q - 8) * scale is exact: one rounding, as in torch
+    wb = torch.ops.lmlab_native.int4_dequantize(layer.qweight, sz, gs, torch.bfloat16)
+    assert torch.equal(wb, layer.weight.bfloat16())  # rounded to nearest even
+
+
+@pytest.mark.usefixtures("native_only")
+def test_long_prompts_take_a_bf16_product_where_bf16_is_native(monkeypatch):
+    monkeypatch.delenv(kernels.ENV)
+    if not kernels.bf16_gemm_fast():
+        pytest.skip("no AVX512-BF16 / AMX here: long prompts take torch's or lmlab's int4 kernel")
+    calls = spy(monkeypatch, "lmlab_native", "int4_dequantize")
+    layer = int4_layer(64, 128, 32)
+    assert layer.bf16_prompts
+    for m in (32, 33, 100):
+        x = inputs(m, 128)
+        want = x.bfloat16().float() @ layer.weight.bfloat16().float().T + layer.bias
+        torch.testing.assert_close(layer(x), want, atol=2e-2, rtol=1e-2)
+    assert len(calls) == 2  # 33 and 100 rows; 32 rows still take torch's int4 kernel

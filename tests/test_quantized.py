@@ -20,7 +20,7 @@ from lmlab import kernels, quantized
 from lmlab.errors import InputError
 from lmlab.families import preset
 from lmlab.generate import KVCache
-from lmlab.generate.quantize import dequantized, quantize, quantize_int8
+from lmlab.generate.quantize import dequantized, quantize, quantize_int8, requantize_
 from lmlab.interp import run_with_cache
 from lmlab.model import Transformer
 from lmlab.quantized import (
@@ -340,3 +340,35 @@ def test_a_quantized_model_saves_and_loads():
     other.load_state_dict(model.state_dict())
     with torch.no_grad():
         assert torch.equal(other(toks), model(toks))
+
+
+@pytest.mark.parametrize("kernel", ["torch", "lmlab", "both", "fallback"])
+@pytest.mark.parametrize("kind", ["int4", "int8"])
+def test_requantize_refills_its_own_tensors_with_what_quantize_gives(kind, kernel, monkeypatch):
+    """After the float model changes (an optimizer step), `requantize_` leaves every layout the
+    quantized model holds (torch's packed codes and scales, lmlab's) as a fresh `quantize` of
+    the changed model would, in the same tensors (a compiled decode keeps replaying)."""
+    if kernel == "fallback":
+        use_path("fallback", f"{kind}_weight_only", monkeypatch)
+    else:
+        use_path("fast", f"{kind}_weight_only" if kernel == "torch" else "native_gemv", monkeypatch)
+        monkeypatch.setenv(kernels.ENV, ONLY.get(kernel, ""))
+    model = tiny("qwen2-tiny")  # q/k/v biases
+    quant = quantize(copy.deepcopy(model), kind=kind)
+    held = {n: t.data_ptr() for n, t in [*quant.named_parameters(), *quant.named_buffers()]}
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.02)
+    assert requantize_(quant, model) is quant
+    fresh = quantize(copy.deepcopy(model), kind=kind)
+    now = dict([*quant.named_parameters(), *quant.named_buffers()])
+    want = dict([*fresh.named_parameters(), *fresh.named_buffers()])  # (the kernels' layouts too)
+    assert now.keys() == want.keys() == held.keys()
+    for name, t in now.items():
+        assert torch.equal(t, want[name]), name
+        assert t.data_ptr() == held[name], name
+    toks = torch.randint(0, 512, (2, 7), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(quant(toks), fresh(toks))
+    with pytest.raises(InputError, match="pass the float model this one was quantized from"):
+        requantize_(quant, tiny("llama-tiny"))

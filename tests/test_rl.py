@@ -204,6 +204,7 @@ def test_reduced_precision_rollouts_learn_and_train_the_full_precision_policy(tm
         before = sampler.blocks[0].attn.q.weight
         tr.step()
         assert tr.sampler()[0] is sampler  # the same tensors, refilled after the optimizer step
+        assert sampler.embed.weight is tr.model.embed.weight  # float tensors: the policy's own
         w = tr.model.blocks[0].attn.q.weight
         assert not torch.equal(sampler.blocks[0].attn.q.weight, before)
         assert (sampler.blocks[0].attn.q.weight - w).abs().max() < 0.1 * w.abs().max()

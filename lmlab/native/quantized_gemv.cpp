@@ -13,8 +13,11 @@
 // The work is split over output rows (at::parallel_for), a few rows at once so that the FMA chains
 // overlap, with up to 4 input rows sharing each decoded weight; weights kAhead rows ahead are
 // prefetched (a SmolLM2 token's int4 products on one thread: 7.2 ms without, 5.2 ms with).
-// Above kGemvRows input rows (prefill) a tile of kTile output rows is dequantized to float32 at a
+// Above kGemvRows input rows (prefill) a tile of 4 MB of output rows is dequantized to float32 at a
 // time and multiplied with at::mm.
+// Two helpers for Int4Linear: int4_quantize (float32 weights to its codes, scales and zeros,
+// bit for bit as lmlab.quantized.int4_params: GRPO re-quantizes its rollout copy every step) and
+// int4_dequantize (to float32 or bfloat16: a long prompt's GEMM on CPUs with native bf16).
 
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
@@ -37,7 +40,8 @@ constexpr int64_t kChunk = 32;     // input columns per int16 scale (and per vpm
 constexpr int64_t kGrain = 64;     // output rows per parallel task, at least
 constexpr int64_t kAhead = 16;     // rows ahead whose weights are prefetched
 constexpr int64_t kGemvRows = 16;  // input rows up to which the weights are decoded in registers
-constexpr int64_t kTile = 64;      // output rows dequantized at a time above that
+constexpr int64_t kTile = 64;      // output rows dequantized at a time above that, at least,
+constexpr int64_t kTileBytes = 1 << 22;  // or as many as fill 4 MB of float32
 constexpr int64_t kMaxGroups = 1024;  // int4 groups per row (in_features <= 32768 at 32)
 
 using BF16 = c10::BFloat16;
@@ -54,6 +58,30 @@ inline float hsum(__m256 v) {
   s = _mm_add_ps(s, _mm_movehl_ps(s, s));
   s = _mm_add_ss(s, _mm_movehdup_ps(s));
   return _mm_cvtss_f32(s);
+}
+
+inline float hmin(__m256 v) {
+  __m128 s = _mm_min_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_min_ps(s, _mm_movehl_ps(s, s));
+  return _mm_cvtss_f32(_mm_min_ss(s, _mm_movehdup_ps(s)));
+}
+
+inline float hmax(__m256 v) {
+  __m128 s = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_max_ps(s, _mm_movehl_ps(s, s));
+  return _mm_cvtss_f32(_mm_max_ss(s, _mm_movehdup_ps(s)));
+}
+
+inline void store8(__m256 v, float* out) { _mm256_storeu_ps(out, v); }
+
+// Eight floats rounded to bfloat16, to nearest even (finite inputs, as c10::BFloat16 rounds them).
+inline void store8(__m256 v, BF16* out) {
+  const __m256i bits = _mm256_castps_si256(v);
+  const __m256i odd = _mm256_and_si256(_mm256_srli_epi32(bits, 16), _mm256_set1_epi32(1));
+  const __m256i up = _mm256_add_epi32(bits, _mm256_add_epi32(odd, _mm256_set1_epi32(0x7FFF)));
+  const __m256i top = _mm256_srli_epi32(up, 16);  // 8 x 32-bit, the bfloat16 in the low half
+  const __m128i packed = _mm_packus_epi32(_mm256_castsi256_si128(top), _mm256_extracti128_si256(top, 1));
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(out), packed);
 }
 
 inline void prefetch(const void* p) { _mm_prefetch(static_cast<const char*>(p), _MM_HINT_T0); }
@@ -213,19 +241,92 @@ void all_rows(int64_t N, const Rows& rows, const One& one) {
   });
 }
 
-// y[:, rows of each tile] = x @ tile^T, each tile of kTile output rows written as float32 into
-// w [rows, K] by `dequantize(n0, n1, w)` (in the column order of x).
+// y[:, rows of each tile] = x @ tile^T, each tile of kTileBytes / (4 K) output rows (at least
+// kTile) written as float32 into w [rows, K] by `dequantize(n0, n1, w)`.
 template <typename Dequantize>
 void tiled(const at::Tensor& x, at::Tensor& y, int64_t N, const Dequantize& dequantize) {
-  const int64_t K = x.size(1);
-  at::parallel_for(0, (N + kTile - 1) / kTile, 1, [&](int64_t t0, int64_t t1) {
-    at::Tensor w = at::empty({kTile, K}, x.options());
+  const int64_t K = x.size(1), rows = std::max(kTile, kTileBytes / (4 * K));
+  at::parallel_for(0, (N + rows - 1) / rows, 1, [&](int64_t t0, int64_t t1) {
+    at::Tensor w = at::empty({std::min(rows, N), K}, x.options());
     for (int64_t t = t0; t < t1; ++t) {
-      const int64_t n0 = t * kTile, n1 = std::min(N, n0 + kTile);
+      const int64_t n0 = t * rows, n1 = std::min(N, n0 + rows);
       dequantize(n0, n1, w.data_ptr<float>());
       y.narrow(1, n0, n1 - n0).copy_(at::mm(x, w.narrow(0, 0, n1 - n0).t()));
     }
   });
+}
+
+// Rows n0 .. n1 of the int4 weight, w = (q - 8) * scale + zero, into out [n1 - n0, K] in the
+// natural column order: float32 exactly as Int4Linear.dequantize (the product is exact: a 4-bit
+// integer times a bfloat16), or that rounded to bfloat16 (to nearest even).
+template <typename Out>
+void int4_dequantize_rows(const uint8_t* q, const BF16* sz, int64_t n0, int64_t n1, int64_t K,
+                          int64_t gs, Out* out) {
+  const int64_t groups = K / gs;
+  const __m128i low = _mm_set1_epi8(0x0F);
+  const __m256i eight = _mm256_set1_epi32(8);
+  for (int64_t n = n0; n < n1; ++n)
+    for (int64_t g = 0; g < groups; ++g) {
+      const BF16* p = sz + 2 * (n * groups + g);
+      const __m256 scale = _mm256_set1_ps(bf16(p)), zero = _mm256_set1_ps(bf16(p + 1));
+      for (int64_t c = g * gs; c < (g + 1) * gs; c += kChunk) {
+        const __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(q + n * (K / 2) + c / 2));
+        const __m128i lo = _mm_and_si128(b, low), hi = _mm_and_si128(_mm_srli_epi16(b, 4), low);
+        const __m128i codes[2] = {_mm_unpacklo_epi8(lo, hi), _mm_unpackhi_epi8(lo, hi)};
+        Out* o = out + (n - n0) * K + c;
+        for (int h = 0; h < 2; ++h)
+          for (int e = 0; e < 2; ++e) {
+            const __m128i part = e ? _mm_srli_si128(codes[h], 8) : codes[h];
+            const __m256i v = _mm256_sub_epi32(_mm256_cvtepu8_epi32(part), eight);
+            const __m256 w = _mm256_fmadd_ps(_mm256_cvtepi32_ps(v), scale, zero);
+            store8(w, o + 16 * h + 8 * e);
+          }
+      }
+    }
+}
+
+// Rows n0 .. n1 of float32 w [N, K] rounded to int4 groups exactly as lmlab.quantized.int4_params
+// (the same float32 operations in the same order): scale = bf16(max(hi - lo) / 15, 1e-8)),
+// zero = bf16(lo + 8 scale), q = clamp(round((w - zero) / scale + 8), 0, 15), packed two a byte.
+void int4_quantize_rows(const float* w, int64_t n0, int64_t n1, int64_t K, int64_t gs,
+                        uint8_t* q, BF16* sz) {
+  const int64_t groups = K / gs;
+  const __m256 eight = _mm256_set1_ps(8.f), top = _mm256_set1_ps(15.f);
+  const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);  // undoes the lane-wise packs
+  for (int64_t n = n0; n < n1; ++n)
+    for (int64_t g = 0; g < groups; ++g) {
+      const float* x = w + n * K + g * gs;
+      __m256 lo = _mm256_loadu_ps(x), hi = lo;
+      for (int64_t j = 8; j < gs; j += 8) {
+        lo = _mm256_min_ps(lo, _mm256_loadu_ps(x + j));
+        hi = _mm256_max_ps(hi, _mm256_loadu_ps(x + j));
+      }
+      const float mn = hmin(lo), mx = hmax(hi);
+      const BF16 scale(std::max((mx - mn) / 15.f, 1e-8f));
+      const BF16 zero(mn + 8.f * static_cast<float>(scale));
+      sz[2 * (n * groups + g)] = scale;
+      sz[2 * (n * groups + g) + 1] = zero;
+      const __m256 s = _mm256_set1_ps(scale), z = _mm256_set1_ps(zero);
+      for (int64_t c = 0; c < gs; c += kChunk) {
+        __m256i v[4];
+        for (int i = 0; i < 4; ++i) {
+          __m256 f = _mm256_div_ps(_mm256_sub_ps(_mm256_loadu_ps(x + c + 8 * i), z), s);
+          f = _mm256_round_ps(_mm256_add_ps(f, eight), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+          v[i] = _mm256_cvtps_epi32(_mm256_min_ps(_mm256_max_ps(f, _mm256_setzero_ps()), top));
+        }
+        // 32 codes to 32 bytes in column order, then each 16-bit pair (even | odd << 8) to
+        // one byte (even | odd << 4)
+        const __m256i bytes = _mm256_permutevar8x32_epi32(
+            _mm256_packus_epi16(_mm256_packs_epi32(v[0], v[1]), _mm256_packs_epi32(v[2], v[3])),
+            order);
+        const __m256i pairs = _mm256_and_si256(_mm256_or_si256(bytes, _mm256_srli_epi16(bytes, 4)),
+                                               _mm256_set1_epi16(0xFF));
+        const __m256i packed = _mm256_permute4x64_epi64(
+            _mm256_packus_epi16(pairs, _mm256_setzero_si256()), 0xD8);
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(q + n * (K / 2) + (g * gs + c) / 2),
+                         _mm256_castsi256_si128(packed));
+      }
+    }
 }
 
 void check(bool ok, const char* what) { TORCH_CHECK(ok, "lmlab_native: ", what); }
@@ -254,41 +355,65 @@ void int4_block(const Int4Input& in, int64_t m0, const uint8_t* q, const BF16* s
       [&](int64_t n) { int4_rows<1, MB>(in, m0, q, sz, n, N, K, gs, y + m0 * N); });
 }
 
+void check_int4(const at::Tensor& qweight, const at::Tensor& sz, int64_t K, int64_t group_size) {
+  check(qweight.scalar_type() == at::kByte && qweight.is_contiguous() && qweight.dim() == 2 &&
+            qweight.size(1) * 2 == K && qweight.device().is_cpu(),
+        "qweight must be contiguous uint8 [N, K / 2] on the CPU");
+  check(group_size % kChunk == 0 && K % group_size == 0,
+        "group_size must be a multiple of 32 dividing K");
+  check(K / group_size <= kMaxGroups, "at most 1024 groups per row (in_features / group_size)");
+  check(sz.scalar_type() == at::kBFloat16 && sz.is_contiguous() && sz.dim() == 3 &&
+            sz.size(0) == qweight.size(0) && sz.size(1) == K / group_size && sz.size(2) == 2,
+        "scales_and_zeros must be contiguous bfloat16 [N, K / group_size, 2]");
+}
+
+at::Tensor int4_dequantize(const at::Tensor& qweight, const at::Tensor& sz, int64_t group_size,
+                           at::ScalarType dtype) {
+  const int64_t N = qweight.size(0), K = 2 * qweight.size(1);
+  check_int4(qweight, sz, K, group_size);
+  check(dtype == at::kFloat || dtype == at::kBFloat16, "dtype must be float32 or bfloat16");
+  at::Tensor w = at::empty({N, K}, qweight.options().dtype(dtype));
+  const uint8_t* q = qweight.data_ptr<uint8_t>();
+  const auto* s = reinterpret_cast<const BF16*>(sz.data_ptr<at::BFloat16>());
+  at::parallel_for(0, N, kGrain, [&](int64_t n0, int64_t n1) {
+    if (dtype == at::kFloat)
+      int4_dequantize_rows(q, s, n0, n1, K, group_size, w.data_ptr<float>() + n0 * K);
+    else
+      int4_dequantize_rows(q, s, n0, n1, K, group_size,
+                           reinterpret_cast<BF16*>(w.data_ptr<at::BFloat16>()) + n0 * K);
+  });
+  return w;
+}
+
+std::tuple<at::Tensor, at::Tensor> int4_quantize(const at::Tensor& w, int64_t group_size) {
+  check(w.dim() == 2 && w.scalar_type() == at::kFloat && w.is_contiguous() && w.device().is_cpu(),
+        "w must be a contiguous float32 [N, K] CPU tensor");
+  const int64_t N = w.size(0), K = w.size(1);
+  check(group_size % kChunk == 0 && K % group_size == 0,
+        "group_size must be a multiple of 32 dividing K");
+  at::Tensor q = at::empty({N, K / 2}, w.options().dtype(at::kByte));
+  at::Tensor sz = at::empty({N, K / group_size, 2}, w.options().dtype(at::kBFloat16));
+  at::parallel_for(0, N, kGrain, [&](int64_t n0, int64_t n1) {
+    int4_quantize_rows(w.data_ptr<float>(), n0, n1, K, group_size, q.data_ptr<uint8_t>(),
+                       reinterpret_cast<BF16*>(sz.data_ptr<at::BFloat16>()));
+  });
+  return {q, sz};
+}
+
 at::Tensor int4_linear(const at::Tensor& x, const at::Tensor& qweight, const at::Tensor& sz,
                        int64_t group_size) {
   check_input(x);
   const int64_t M = x.size(0), K = x.size(1), N = qweight.size(0);
-  check(qweight.scalar_type() == at::kByte && qweight.is_contiguous() && qweight.dim() == 2 &&
-            qweight.size(1) * 2 == K,
-        "qweight must be contiguous uint8 [N, K / 2]");
-  check(group_size % kChunk == 0 && K % group_size == 0,
-        "group_size must be a multiple of 32 dividing K");
-  check(K / group_size <= kMaxGroups, "at most 1024 groups per row (in_features / group_size)");
+  check_int4(qweight, sz, K, group_size);
   const int64_t groups = K / group_size;
-  check(sz.scalar_type() == at::kBFloat16 && sz.is_contiguous() && sz.dim() == 3 &&
-            sz.size(0) == N && sz.size(1) == groups && sz.size(2) == 2,
-        "scales_and_zeros must be contiguous bfloat16 [N, K / group_size, 2]");
   at::Tensor y = at::empty({M, N}, x.options());
   if (M == 0 || N == 0) return y;
   const uint8_t* q = qweight.data_ptr<uint8_t>();
   const auto* s = reinterpret_cast<const BF16*>(sz.data_ptr<at::BFloat16>());
   const float* xd = x.data_ptr<float>();
-  if (M > kGemvRows) {  // x and the tiles in nibble order (a permutation of K)
-    at::Tensor xn = at::empty_like(x);
-    float* xo = xn.data_ptr<float>();
-    for (int64_t i = 0; i < M * K; ++i) xo[i - i % kChunk + nibble_slot(i % kChunk)] = xd[i];
-    tiled(xn, y, N, [&](int64_t n0, int64_t n1, float* w) {
-      for (int64_t n = n0; n < n1; ++n)
-        for (int64_t g = 0; g < groups; ++g) {
-          const BF16* p = s + 2 * (n * groups + g);
-          const float scale = bf16(p), shift = bf16(p + 1) - 8.f * scale;
-          for (int64_t c = g * group_size; c < (g + 1) * group_size; c += kChunk) {
-            const uint8_t* b = q + n * (K / 2) + c / 2;
-            float* out = w + (n - n0) * K + c;
-            for (int64_t j = 0; j < 16; ++j) out[j] = (b[j] & 0x0F) * scale + shift;
-            for (int64_t j = 0; j < 16; ++j) out[16 + j] = (b[j] >> 4) * scale + shift;
-          }
-        }
+  if (M > kGemvRows) {
+    tiled(x, y, N, [&](int64_t n0, int64_t n1, float* w) {
+      int4_dequantize_rows(q, s, n0, n1, K, group_size, w);
     });
     return y;
   }
@@ -338,9 +463,13 @@ at::Tensor int8_linear(const at::Tensor& x, const at::Tensor& qweight, const at:
 TORCH_LIBRARY(lmlab_native, m) {
   m.def("int4_linear(Tensor x, Tensor qweight, Tensor scales_and_zeros, int group_size) -> Tensor");
   m.def("int8_linear(Tensor x, Tensor qweight, Tensor scale) -> Tensor");
+  m.def("int4_dequantize(Tensor qweight, Tensor scales_and_zeros, int group_size, ScalarType dtype) -> Tensor");
+  m.def("int4_quantize(Tensor w, int group_size) -> (Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(lmlab_native, CPU, m) {
   m.impl("int4_linear", &int4_linear);
   m.impl("int8_linear", &int8_linear);
+  m.impl("int4_dequantize", &int4_dequantize);
+  m.impl("int4_quantize", &int4_quantize);
 }

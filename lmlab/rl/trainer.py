@@ -19,7 +19,7 @@ from lmlab import checkpoints as ckpt
 from lmlab.config import ConfigError
 from lmlab.errors import CheckpointError, DataError, InputError, MissingFileError, OverwriteError
 from lmlab.generate.generate import check_context
-from lmlab.generate.quantize import quantize
+from lmlab.generate.quantize import quantize, requantize_
 from lmlab.rl.config import GRPOConfig
 from lmlab.rl.grpo import (
     aggregate,
@@ -214,17 +214,13 @@ class GRPOTrainer:
             return self.model, self.autocast
         if kind == "bf16":
             return self.model, torch.autocast(self.core.dist.device.type, dtype=torch.bfloat16)
-        if self._sampler_copy is None or self._sampler_copy[0] != self.core.step:
-            plain = copy.deepcopy(self.model).eval().requires_grad_(False)
-            fresh = quantize(plain, kind=kind)
-            if self._sampler_copy is not None:  # refill the old copy's tensors: a compiled
-                old = self._sampler_copy[1]  # rollout keeps replaying instead of recompiling
-                new = {**dict(fresh.named_parameters()), **dict(fresh.named_buffers())}
-                with torch.no_grad():  # all buffers: also the kernel's (non-persistent) layout
-                    for name, t in [*old.named_parameters(), *old.named_buffers()]:
-                        t.copy_(new[name])
-                fresh = old
-            self._sampler_copy = (self.core.step, fresh)
+        if self._sampler_copy is None:  # its float tensors (embeddings, norms) are the policy's
+            shared = {id(p): p for p in self.model.parameters()}
+            plain = copy.deepcopy(self.model, memo=shared).eval()
+            self._sampler_copy = (self.core.step, quantize(plain, kind=kind))
+        elif self._sampler_copy[0] != self.core.step:  # into the same tensors: a compiled
+            requantize_(self._sampler_copy[1], self.model)  # rollout replays, no recompile
+            self._sampler_copy = (self.core.step, self._sampler_copy[1])
         return self._sampler_copy[1], contextlib.nullcontext()
 
     def step(self) -> dict[str, Any]:

@@ -47,7 +47,6 @@ INT8_QTYPES = (Q.Q8_0, Q.Q5_0, Q.Q5_1, Q.Q5_K, Q.Q6_K)
 FLOAT_QTYPES = (Q.F32, Q.F16, Q.BF16, Q.F64)
 _ID = 1 << 21  # rows per tensor id in a probe value (exact in float64 for any real model)
 _PROBE = torch.float64
-_ROWS = 4096  # rows requantized at a time
 
 Segments = list[tuple[str, torch.Tensor]]  # (GGUF tensor name, its rows), in output order
 
@@ -196,10 +195,7 @@ def _layer(
         )
         return Int4Linear.from_blocks(codes, scale, mins, bias, group_size=32)
     w = _float_rows(gf, segs) if floats is None else floats
-    q = torch.empty(w.shape, dtype=torch.int8)
-    scale = torch.empty(w.shape[0])
-    for i in range(0, w.shape[0], _ROWS):  # in slices: a large head needs no float temporaries
-        q[i : i + _ROWS], scale[i : i + _ROWS] = quantize_weight(w[i : i + _ROWS], torch.bfloat16)
+    q, scale = quantize_weight(w, torch.bfloat16)  # (in slices: no whole float temporaries)
     return Int8Linear.from_quantized(q, scale, bias)
 
 
