@@ -346,13 +346,20 @@ void row_blocks(int64_t M, const Block& block) {
   if (M - m == 1) block.template operator()<1>(m);
 }
 
-template <int MB>
-void int4_block(const Int4Input& in, int64_t m0, const uint8_t* q, const BF16* sz, int64_t N,
-                int64_t K, int64_t gs, float* y) {
-  constexpr int R = MB == 1 ? 4 : 2;  // at most 8 accumulators
+// Every block of input rows against R output rows at a time, while those rows' weights are in
+// cache (16 rows: the weights stream from memory once, not once per block of 4). R = 4 for one
+// input row, else 2: at most 8 accumulators.
+template <int R>
+void int4_all(const Int4Input& in, int64_t M, const uint8_t* q, const BF16* sz, int64_t N,
+              int64_t K, int64_t gs, float* y) {
+  const auto rows = [&]<int RR>(int64_t n) {
+    row_blocks(M, [&]<int MB>(int64_t m) {
+      int4_rows<RR, MB>(in, m, q, sz, n, N, K, gs, y + m * N);
+    });
+  };
   all_rows<R>(
-      N, [&](int64_t n) { int4_rows<R, MB>(in, m0, q, sz, n, N, K, gs, y + m0 * N); },
-      [&](int64_t n) { int4_rows<1, MB>(in, m0, q, sz, n, N, K, gs, y + m0 * N); });
+      N, [&](int64_t n) { rows.template operator()<R>(n); },
+      [&](int64_t n) { rows.template operator()<1>(n); });
 }
 
 void check_int4(const at::Tensor& qweight, const at::Tensor& sz, int64_t K, int64_t group_size) {
@@ -419,16 +426,22 @@ at::Tensor int4_linear(const at::Tensor& x, const at::Tensor& qweight, const at:
   }
   const Int4Input in = int4_input(xd, M, K, group_size);
   float* yd = y.data_ptr<float>();
-  row_blocks(M, [&]<int MB>(int64_t m) { int4_block<MB>(in, m, q, s, N, K, group_size, yd); });
+  if (M == 1)
+    int4_all<4>(in, M, q, s, N, K, group_size, yd);
+  else
+    int4_all<2>(in, M, q, s, N, K, group_size, yd);
   return y;
 }
 
-template <int MB>
-void int8_block(const float* x, const int8_t* q, const BF16* s, int64_t N, int64_t K, float* y) {
-  constexpr int R = MB == 1 ? 4 : 2;
+template <int R>  // as int4_all
+void int8_all(const float* x, int64_t M, const int8_t* q, const BF16* s, int64_t N, int64_t K,
+              float* y) {
+  const auto rows = [&]<int RR>(int64_t n) {
+    row_blocks(M, [&]<int MB>(int64_t m) { int8_rows<RR, MB>(x + m * K, q, s, n, N, K, y + m * N); });
+  };
   all_rows<R>(
-      N, [&](int64_t n) { int8_rows<R, MB>(x, q, s, n, N, K, y); },
-      [&](int64_t n) { int8_rows<1, MB>(x, q, s, n, N, K, y); });
+      N, [&](int64_t n) { rows.template operator()<R>(n); },
+      [&](int64_t n) { rows.template operator()<1>(n); });
 }
 
 at::Tensor int8_linear(const at::Tensor& x, const at::Tensor& qweight, const at::Tensor& scale) {
@@ -454,7 +467,10 @@ at::Tensor int8_linear(const at::Tensor& x, const at::Tensor& qweight, const at:
     return y;
   }
   float* yd = y.data_ptr<float>();
-  row_blocks(M, [&]<int MB>(int64_t m) { int8_block<MB>(xd + m * K, q, s, N, K, yd + m * N); });
+  if (M == 1)
+    int8_all<4>(xd, M, q, s, N, K, yd);
+  else
+    int8_all<2>(xd, M, q, s, N, K, yd);
   return y;
 }
 
