@@ -5,10 +5,10 @@ path 10x slower. `quantized_gemv.cpp` multiplies float32 inputs by int4 / int8 w
 FMA (any x86 CPU of the last decade) and registers `torch.ops.lmlab_native.int4_linear` and
 `int8_linear`, which `torch.compile` calls as they are, plus `int4_quantize` (float32 weights to
 `Int4Linear`'s codes and scales, exactly as `lmlab.quantized.int4_params`, 3.5x faster) and
-`int4_dequantize` (to float32, or bfloat16 for a long prompt's GEMM). `load()` compiles it on first use (about
-5 s, `$CXX` or g++) into `<cache>/native/<key>/` (key: the source, torch, the flags) and loads it;
-where there is no compiler or no AVX2 it raises, and `lmlab.kernels` falls back to torch's kernels.
-`make setup` builds it (`python -m lmlab.native`).
+`int4_dequantize` (to float32, or bfloat16 for a long prompt's GEMM). `load()` compiles it on
+first use (about 5 s, `$CXX` or g++) into `<cache>/native/<key>/` (key: the source, torch, the
+flags) and loads it; where there is no compiler or no AVX2 it raises, and `lmlab.kernels` falls
+back to torch's kernels. `make setup` builds it (`python -m lmlab.native`).
 """
 
 from __future__ import annotations

@@ -80,7 +80,8 @@ inline void store8(__m256 v, BF16* out) {
   const __m256i odd = _mm256_and_si256(_mm256_srli_epi32(bits, 16), _mm256_set1_epi32(1));
   const __m256i up = _mm256_add_epi32(bits, _mm256_add_epi32(odd, _mm256_set1_epi32(0x7FFF)));
   const __m256i top = _mm256_srli_epi32(up, 16);  // 8 x 32-bit, the bfloat16 in the low half
-  const __m128i packed = _mm_packus_epi32(_mm256_castsi256_si128(top), _mm256_extracti128_si256(top, 1));
+  const __m128i packed =
+      _mm_packus_epi32(_mm256_castsi256_si128(top), _mm256_extracti128_si256(top, 1));
   _mm_storeu_si128(reinterpret_cast<__m128i*>(out), packed);
 }
 
@@ -270,7 +271,8 @@ void int4_dequantize_rows(const uint8_t* q, const BF16* sz, int64_t n0, int64_t 
       const BF16* p = sz + 2 * (n * groups + g);
       const __m256 scale = _mm256_set1_ps(bf16(p)), zero = _mm256_set1_ps(bf16(p + 1));
       for (int64_t c = g * gs; c < (g + 1) * gs; c += kChunk) {
-        const __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(q + n * (K / 2) + c / 2));
+        const auto* bytes = reinterpret_cast<const __m128i*>(q + n * (K / 2) + c / 2);
+        const __m128i b = _mm_loadu_si128(bytes);
         const __m128i lo = _mm_and_si128(b, low), hi = _mm_and_si128(_mm_srli_epi16(b, 4), low);
         const __m128i codes[2] = {_mm_unpacklo_epi8(lo, hi), _mm_unpackhi_epi8(lo, hi)};
         Out* o = out + (n - n0) * K + c;
@@ -311,7 +313,8 @@ void int4_quantize_rows(const float* w, int64_t n0, int64_t n1, int64_t K, int64
         __m256i v[4];
         for (int i = 0; i < 4; ++i) {
           __m256 f = _mm256_div_ps(_mm256_sub_ps(_mm256_loadu_ps(x + c + 8 * i), z), s);
-          f = _mm256_round_ps(_mm256_add_ps(f, eight), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+          f = _mm256_round_ps(_mm256_add_ps(f, eight),
+                              _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
           v[i] = _mm256_cvtps_epi32(_mm256_min_ps(_mm256_max_ps(f, _mm256_setzero_ps()), top));
         }
         // 32 codes to 32 bytes in column order, then each 16-bit pair (even | odd << 8) to
@@ -412,7 +415,6 @@ at::Tensor int4_linear(const at::Tensor& x, const at::Tensor& qweight, const at:
   check_input(x);
   const int64_t M = x.size(0), K = x.size(1), N = qweight.size(0);
   check_int4(qweight, sz, K, group_size);
-  const int64_t groups = K / group_size;
   at::Tensor y = at::empty({M, N}, x.options());
   if (M == 0 || N == 0) return y;
   const uint8_t* q = qweight.data_ptr<uint8_t>();
@@ -437,7 +439,9 @@ template <int R>  // as int4_all
 void int8_all(const float* x, int64_t M, const int8_t* q, const BF16* s, int64_t N, int64_t K,
               float* y) {
   const auto rows = [&]<int RR>(int64_t n) {
-    row_blocks(M, [&]<int MB>(int64_t m) { int8_rows<RR, MB>(x + m * K, q, s, n, N, K, y + m * N); });
+    row_blocks(M, [&]<int MB>(int64_t m) {
+      int8_rows<RR, MB>(x + m * K, q, s, n, N, K, y + m * N);
+    });
   };
   all_rows<R>(
       N, [&](int64_t n) { rows.template operator()<R>(n); },
@@ -479,7 +483,9 @@ at::Tensor int8_linear(const at::Tensor& x, const at::Tensor& qweight, const at:
 TORCH_LIBRARY(lmlab_native, m) {
   m.def("int4_linear(Tensor x, Tensor qweight, Tensor scales_and_zeros, int group_size) -> Tensor");
   m.def("int8_linear(Tensor x, Tensor qweight, Tensor scale) -> Tensor");
-  m.def("int4_dequantize(Tensor qweight, Tensor scales_and_zeros, int group_size, ScalarType dtype) -> Tensor");
+  m.def(
+      "int4_dequantize(Tensor qweight, Tensor scales_and_zeros, int group_size, ScalarType dtype)"
+      " -> Tensor");
   m.def("int4_quantize(Tensor w, int group_size) -> (Tensor, Tensor)");
 }
 
