@@ -172,6 +172,8 @@ def _ddp_worker(rank: int, world: int, init_file: str, shard: bool, out: str) ->
         opt.step()
         opt.zero_grad()
     torch.save(model.state_dict(), f"{out}.{rank}")
+    del ddp, opt  # (as lmlab.train.distributed.cleanup: nothing holds the group, ranks meet, leave)
+    dist.barrier()
     dist.destroy_process_group()
 
 

@@ -108,7 +108,12 @@ def barrier(d: Dist) -> None:
         dist.barrier()
 
 
-def cleanup() -> None:
-    """Leave the process group (call once at the end of a distributed run)."""
+def cleanup(wait: bool = True) -> None:
+    """Leave the process group (call once at the end of a distributed run). With `wait` every rank
+    first meets at a barrier, so none tears gloo's connections down while a peer still uses them
+    (seen: a rank aborting at exit, "terminate called without an active exception"); a rank
+    leaving on an error does not wait for peers that may never arrive."""
     if dist.is_initialized():
+        if wait:
+            dist.barrier()
         dist.destroy_process_group()

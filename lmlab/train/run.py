@@ -46,9 +46,12 @@ def train(
             f"training {model.cfg.name} ({sum(p.numel() for p in model.parameters()):,} parameters) on {cfg.data}, "
             f"{trainer.dist.world} process(es) on {trainer.dist.device}, out_dir {cfg.out_dir}"
         )
+    done = False
     try:
         history = trainer.fit()
+        done = True
     finally:
-        if trainer.dist.enabled:
-            distributed.cleanup()
+        if trainer.dist.enabled:  # DDP's reducer lets go of the process group before it goes
+            trainer.wrapped = trainer.net = trainer.model
+            distributed.cleanup(wait=done)
     return Result(model, history, src, trainer)
