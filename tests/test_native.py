@@ -3,7 +3,9 @@ with the layer's dequantized weight (int4: to int16 rounding of the input, 2**-1
 columns' largest value; int8: to summation order) for every row count (decode, batches, the
 prefill path above 16 rows), every group size and ragged output rows; layers take them for
 decoding rows (and every row where torch's kernels lack AVX-512), keep the portable layout,
-compile, and a failed build leaves torch's kernels in charge."""
+compile, and a failed build leaves torch's kernels in charge. `int4_quantize` gives bit for bit
+what `int4_params` does, `int4_dequantize` the layer's weight, and long prompts on CPUs with native
+bf16 take a bf16 product of the dequantized weight."""
 
 from __future__ import annotations
 
