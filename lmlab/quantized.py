@@ -38,8 +38,6 @@ _KERNEL_ROWS = 16  # torch's int4 packing needs a multiple of 16 output rows
 NATIVE_ROWS = 4  # up to this many input rows, lmlab's kernel; above, torch's where it is fast
 BF16_ROWS = 32  # above this many, a bf16 GEMM on the dequantized weight where bf16 is native
 _NATIVE_MAX_GROUPS = 1024  # int4 groups per row lmlab's kernel takes (kMaxGroups there)
-
-
 _SLICE_BYTES = 1 << 21  # float32 weight bytes quantize_weight takes at a time (in cache: 10x)
 
 
@@ -106,7 +104,7 @@ class Int8Linear(nn.Module):
     @torch.no_grad()
     def refill_(self, weight: torch.Tensor, bias: torch.Tensor | None = None) -> Int8Linear:
         """Quantize a new float `weight` [out, in] (and `bias`) into this layer's own tensors."""
-        _check_refill(self, weight, bias)
+        check_refill(self, weight, bias)
         q, scale = quantize_weight(weight, self.compute_dtype)
         self.qweight.copy_(q)
         self.scale.copy_(scale)
@@ -260,7 +258,7 @@ class Int4Linear(nn.Module):
     def refill_(self, weight: torch.Tensor, bias: torch.Tensor | None = None) -> Int4Linear:
         """Quantize a new float `weight` [out, in] (and `bias`) into this layer's own tensors,
         every layout it holds (a compiled decode that captured them keeps working)."""
-        _check_refill(self, weight, bias)
+        check_refill(self, weight, bias)
         w = weight.detach()
         if self.native and w.device.type == "cpu":  # lmlab's kernel: the same codes, 3.5x faster
             nibbles, sz = torch.ops.lmlab_native.int4_quantize(
@@ -367,18 +365,15 @@ class Int4Linear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
         x2 = x.reshape(-1, shape[-1])
-        native = _native_rows(self.native, self.kernel, x2)
-        if native or (self.bf16_prompts and x2.shape[0] > BF16_ROWS and x.device.type == "cpu"):
-            sz = self.scales_and_zeros.transpose(0, 1).contiguous()  # a view of what it holds
-            if native:
-                y = torch.ops.lmlab_native.int4_linear(
-                    x2.float().contiguous(), self.qweight, sz, self.group_size
-                )
-            else:
-                w = torch.ops.lmlab_native.int4_dequantize(
-                    self.qweight, sz, self.group_size, torch.bfloat16
-                )
-                y = F.linear(x2.to(torch.bfloat16), w)
+        if _native_rows(self.native, self.kernel, x2):
+            y = torch.ops.lmlab_native.int4_linear(
+                x2.float().contiguous(), self.qweight, self._row_scales(), self.group_size
+            )
+        elif self.bf16_prompts and x2.shape[0] > BF16_ROWS and x.device.type == "cpu":
+            w = torch.ops.lmlab_native.int4_dequantize(
+                self.qweight, self._row_scales(), self.group_size, torch.bfloat16
+            )
+            y = F.linear(x2.to(torch.bfloat16), w)
         elif self.kernel and x.device.type == "cpu":
             y = torch.ops.aten._weight_int4pack_mm_for_cpu(
                 x2.to(self.compute_dtype).contiguous(),
@@ -390,6 +385,10 @@ class Int4Linear(nn.Module):
             y = F.linear(x2.to(self.compute_dtype).float(), self.dequantize())
         y = y.to(x.dtype).view(*shape[:-1], self.out_features)
         return y + self.bias.to(y.dtype) if self.bias is not None else y
+
+    def _row_scales(self) -> torch.Tensor:
+        """Scales and zeros [out, G, 2] for lmlab's kernels: a view of what the layer holds."""
+        return self.scales_and_zeros.transpose(0, 1).contiguous()
 
     def extra_repr(self) -> str:
         how = _kernels_used(self.native, self.kernel, "packed int4 kernel", self.compute_dtype)
@@ -446,7 +445,8 @@ def kernel_nibbles(packed: torch.Tensor, out_features: int, in_features: int) ->
     return out
 
 
-def _check_refill(layer: nn.Module, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
+def check_refill(layer: nn.Module, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
+    """Raise unless `weight` and `bias` fit the quantized `layer` they are to refill."""
     want = (layer.out_features, layer.in_features)
     if tuple(weight.shape) != want:
         raise InputError(

@@ -372,3 +372,23 @@ def test_requantize_refills_its_own_tensors_with_what_quantize_gives(kind, kerne
         assert torch.equal(quant(toks), fresh(toks))
     with pytest.raises(InputError, match="pass the float model this one was quantized from"):
         requantize_(quant, tiny("llama-tiny"))
+
+
+def test_requantize_refills_a_dynamic_int8_model():
+    """fbgemm's packing is opaque: its layers pack anew, giving what a fresh `quantize` does."""
+    if not kernels.available().int8_dynamic:
+        pytest.skip(f"no fbgemm int8 kernels here: {kernels.reasons()['int8_dynamic']}")
+    model = tiny("qwen2-tiny")  # q/k/v biases
+    quant = quantize(copy.deepcopy(model), kind="int8-dynamic")
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.02)
+    requantize_(quant, model)
+    fresh = quantize(copy.deepcopy(model), kind="int8-dynamic")
+    q, want = quant.blocks[0].attn.q, fresh.blocks[0].attn.q
+    assert torch.equal(q.weight, want.weight) and torch.equal(q.bias, want.bias)
+    toks = torch.randint(0, 512, (2, 7), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(quant(toks), fresh(toks))
+    with pytest.raises(InputError, match="the layer has a bias; pass bias to match"):
+        q.refill_(model.blocks[0].attn.q.weight)

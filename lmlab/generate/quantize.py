@@ -25,7 +25,7 @@ from torch import nn
 
 from lmlab import kernels
 from lmlab.errors import DeviceError, InputError
-from lmlab.quantized import GROUP_SIZES, Int4Linear, Int8Linear, quantize_weight
+from lmlab.quantized import GROUP_SIZES, Int4Linear, Int8Linear, check_refill, quantize_weight
 
 __all__ = [
     "KINDS",
@@ -50,25 +50,32 @@ class DynamicInt8Linear(nn.Module):
                 "quantize_int8(kind='int8-dynamic') needs fbgemm's int8 kernels, not usable here "
                 f"({kernels.reasons()['int8_dynamic']}); use kind='int8' (weight-only, any CPU)"
             )
-        q, scale = quantize_weight(linear.weight)
         self.in_features, self.out_features = linear.in_features, linear.out_features
+        self._pack(linear.weight, linear.bias)
+
+    def _pack(self, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
+        q, scale = quantize_weight(weight)
         zeros = torch.zeros(q.shape[0], dtype=torch.long)
         with warnings.catch_warnings():  # torch marks quantized tensors deprecated (still works)
             warnings.simplefilter("ignore", UserWarning)
             wq = torch._make_per_channel_quantized_tensor(q, scale.double(), zeros, 0)
-        bias = None if linear.bias is None else linear.bias.detach().float().clone()
+        bias = None if bias is None else bias.detach().float().clone()
         self.packed = torch.ops.quantized.linear_prepack(wq, bias)
         self.scale = scale
 
     @torch.no_grad()
     def refill_(self, weight: torch.Tensor, bias: torch.Tensor | None = None) -> DynamicInt8Linear:
-        """Quantize a new float `weight` (and `bias`) into this layer (packed anew by fbgemm)."""
-        lin = nn.Linear(self.in_features, self.out_features, bias=bias is not None)
-        lin.weight.copy_(weight)
-        if bias is not None:
-            lin.bias.copy_(bias)
-        self.__init__(lin)
+        """Quantize a new float `weight` (and `bias`) into this layer (packed anew: fbgemm's
+        packing is opaque, so this one layer does not keep its tensors)."""
+        check_refill(self, weight, bias)
+        self._pack(weight, bias)
         return self
+
+    @property
+    def bias(self) -> torch.Tensor | None:
+        """The float32 bias held in the packed weight (None without one)."""
+        _, b = torch.ops.quantized.linear_unpack(self.packed)
+        return b
 
     @property
     def weight(self) -> torch.Tensor:
